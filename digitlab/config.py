@@ -1,0 +1,244 @@
+"""The one typed training config, its named recipes and config files. Imports no torch.
+
+Every field is a ``digitlab train`` flag (``batch_size`` -> ``--batch-size``); a recipe is a named
+set of overrides of the defaults; flags given by the user override the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from digitlab.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adadelta", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "one-cycle")
+INITS = ("default", "glorot-uniform", "he-normal", "truncated-normal", "normal", "zeros")
+MONITORS = ("val_loss", "val_acc")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the ``fast`` recipe on MNIST.
+
+    Every field is a ``digitlab train`` flag (``batch_size`` -> ``--batch-size``).
+    """
+
+    # data
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    split: str = "default"
+    val_size: int = 5000
+    train_subset: int | None = None  # use only the first N training images (after shuffling)
+    scaler: str = "mean-std"
+    # model
+    model: str = "fast"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    init: str = "default"
+    init_std: float | None = None
+    # optimisation
+    optimizer: str = "nesterov"
+    lr: float = 0.1
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    rho: float = 0.9  # adadelta / rmsprop smoothing
+    weight_decay: float = 5e-4
+    schedule: str = "one-cycle"
+    warmup_epochs: float = 0.0
+    step_size: int = 1  # epochs between decays of the 'step' schedule
+    gamma: float = 0.7  # decay factor of the 'step' schedule
+    epochs: int = 2
+    batch_size: int = 128
+    eval_batch_size: int = 2048
+    label_smoothing: float = 0.1
+    # batched augmentation (off in the notebooks' recipes)
+    augment: bool = False
+    aug_shift: float = 2.0  # pixels
+    aug_rotate: float = 10.0  # degrees
+    aug_scale: float = 0.1  # relative
+    aug_shear: float = 0.1
+    aug_elastic: float = 0.0  # pixels of smooth random displacement
+    aug_morph: float = 0.0  # probability of thickening or thinning strokes
+    # early stopping
+    early_stopping: bool = False
+    monitor: str = "val_loss"
+    patience: int = 5
+    restore_best: bool = True
+    # run
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    deterministic: bool = False
+    compile: bool = False
+    name: str | None = None
+    runs_dir: str | None = None
+    tensorboard: bool = False
+    report: bool = True
+    recipe: str = "fast"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown config field(s) {', '.join(unknown)}: valid fields are {', '.join(sorted(known))}."
+            )
+        d = dict(d)
+        if "betas" in d and d["betas"] is not None:
+            d["betas"] = tuple(float(b) for b in d["betas"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# Named recipes: overrides of the defaults. Flags given by the user override a recipe.
+RECIPES: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "best": dict(
+        model="best", epochs=15, batch_size=128, lr=0.1, optimizer="nesterov", schedule="one-cycle",
+        weight_decay=5e-4, label_smoothing=0.1, augment=True, aug_shift=2.0, aug_rotate=10.0,
+        aug_scale=0.1, aug_shear=0.1, aug_morph=0.2,
+    ),
+    # pytorch/examples mnist/main.py: Net, Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.
+    "pytorch-example": dict(
+        model="pytorch-example", optimizer="adadelta", lr=1.0, rho=0.9, weight_decay=0.0, schedule="step",
+        step_size=1, gamma=0.7, epochs=14, batch_size=64, scaler="mean-std", label_smoothing=0.0,
+        split="none", model_options={},
+    ),
+    # keras-io mnist_convnet: Adam (Keras defaults), batch 128, 15 epochs, 10% validation.
+    "keras-convnet": dict(
+        model="keras-convnet", optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant",
+        epochs=15, batch_size=128, scaler="unit", label_smoothing=0.0, init="glorot-uniform",
+    ),
+    # notebook 000: softmax regression and the 36-unit MLP, Adam, stratified 5,000/5,000 split.
+    "notebook-000-logreg": dict(
+        model="logreg", split="notebook-000", scaler="unit", optimizer="adam", lr=1e-3, weight_decay=0.0,
+        schedule="constant", epochs=10, batch_size=32, label_smoothing=0.0, init="glorot-uniform",
+    ),
+    "notebook-000-mlp": dict(
+        model="mlp", model_options={"hidden": [36]}, split="notebook-000", scaler="unit", optimizer="adam",
+        lr=1e-3, weight_decay=0.0, schedule="constant", epochs=10, batch_size=32, label_smoothing=0.0,
+        init="glorot-uniform",
+    ),
+    # notebook 001: MLP 128 and cnn-small, Adam 1e-3, batch 128, first 70% / last 30% split.
+    "notebook-001-mlp": dict(
+        model="mlp", model_options={"hidden": [128]}, split="notebook-001", scaler="unit", optimizer="adam",
+        lr=1e-3, weight_decay=0.0, schedule="constant", epochs=15, batch_size=128, label_smoothing=0.0,
+        init="glorot-uniform",
+    ),
+    "notebook-001-cnn": dict(
+        model="cnn-small", split="notebook-001", scaler="unit", optimizer="adam", lr=1e-3, weight_decay=0.0,
+        schedule="constant", epochs=10, batch_size=128, label_smoothing=0.0, init="glorot-uniform",
+    ),
+    # notebook 002: MLP 3x64 in PyTorch on [-1, 1] inputs.
+    "notebook-002-mlp": dict(
+        model="mlp", model_options={"hidden": [64, 64, 64]}, scaler="symmetric", optimizer="adam", lr=1e-3,
+        weight_decay=0.0, schedule="constant", epochs=10, batch_size=64, label_smoothing=0.0,
+    ),
+    # notebook 003: Fashion-MNIST MLP 300-100, SGD lr 0.01, 30 epochs, first 5,000 as validation.
+    "notebook-003-mlp": dict(
+        dataset="fashion-mnist", model="mlp", model_options={"hidden": [300, 100]}, split="notebook-003",
+        scaler="unit", optimizer="sgd", lr=0.01, momentum=0.0, weight_decay=0.0, schedule="constant",
+        epochs=30, batch_size=32, label_smoothing=0.0, init="glorot-uniform",
+    ),
+    # notebook 004: 8x8 digits, standard scaling, tanh MLP [100], SGD.
+    "notebook-004-mlp": dict(
+        dataset="digits", model="mlp", model_options={"hidden": [100], "activation": "tanh"},
+        scaler="standard", optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant",
+        epochs=20, batch_size=32, label_smoothing=0.0, init="glorot-uniform",
+    ),
+    # Fashion-MNIST: our own recipe (the accuracy model with augmentation suited to clothes).
+    "fashion": dict(
+        dataset="fashion-mnist", model="best", epochs=15, batch_size=128, lr=0.1, optimizer="nesterov",
+        schedule="one-cycle", weight_decay=5e-4, label_smoothing=0.1, augment=True, aug_shift=2.0,
+        aug_rotate=0.0, aug_scale=0.0, aug_shear=0.0,
+    ),
+}
+
+
+def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
+    """The config of a named recipe with ``overrides`` applied on top."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"Unknown recipe '{recipe}': choose one of {', '.join(RECIPES)}.")
+    return TrainConfig(**{**RECIPES[recipe], **overrides, "recipe": recipe})
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or YAML file of TrainConfig fields (a top-level [train] table is accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist: check the path given to --config.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"Config file '{path}' must end in .toml, .yaml, .yml or .json.")
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
+        raise ConfigError(f"Config file '{path}' could not be parsed ({exc}): fix its syntax.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a table of option = value pairs.")
+    return data.get("train", data)
+
+
+def validate(config: TrainConfig) -> None:
+    """Check the config before any work starts; one clear error per problem."""
+    from digitlab.data import SCALERS
+    from digitlab.models import MODELS
+
+    def bad(msg: str) -> None:
+        raise ConfigError(msg)
+
+    if config.model not in MODELS:
+        bad(f"Unknown model '{config.model}': choose one of {', '.join(sorted(MODELS))} (see 'digitlab models').")
+    if config.dataset not in ("mnist", "fashion-mnist", "digits") and not config.dataset.startswith(
+        ("folder:", "openml:")
+    ):
+        bad(
+            f"Unknown dataset '{config.dataset}': use mnist, fashion-mnist, digits, folder:PATH or openml:NAME."
+        )
+    if config.optimizer not in OPTIMIZERS:
+        bad(f"Unknown optimizer '{config.optimizer}': choose one of {', '.join(OPTIMIZERS)}.")
+    if config.schedule not in SCHEDULES:
+        bad(f"Unknown schedule '{config.schedule}': choose one of {', '.join(SCHEDULES)}.")
+    if config.init not in INITS:
+        bad(f"Unknown init '{config.init}': choose one of {', '.join(INITS)}.")
+    if config.scaler not in SCALERS:
+        bad(f"Unknown scaler '{config.scaler}': choose one of {', '.join(SCALERS)}.")
+    if config.monitor not in MONITORS:
+        bad(f"Unknown monitor '{config.monitor}': choose one of {', '.join(MONITORS)}.")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        bad(f"Learning rate must be a positive number, got {config.lr}: pass e.g. --lr 0.01.")
+    if config.epochs < 1:
+        bad(f"Epochs must be at least 1, got {config.epochs}.")
+    if config.batch_size < 1 or config.eval_batch_size < 1:
+        bad(f"Batch size must be at least 1, got {config.batch_size}.")
+    if config.weight_decay < 0 or not 0 <= config.label_smoothing < 1:
+        bad("Weight decay must be >= 0 and label smoothing in [0, 1).")
+    if config.warmup_epochs < 0 or config.warmup_epochs > config.epochs:
+        bad(f"Warm-up of {config.warmup_epochs} epochs must lie between 0 and the {config.epochs} epochs.")
+    if config.patience < 1:
+        bad(f"Patience must be at least 1 epoch, got {config.patience}.")
+    if config.train_subset is not None and config.train_subset < 1:
+        bad(f"--train-subset must be a positive number of images, got {config.train_subset}.")

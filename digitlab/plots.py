@@ -1,0 +1,400 @@
+"""Figures of training and evaluation, written to PNG.
+
+Every function builds a ``matplotlib.figure.Figure`` directly (no pyplot global state, so it is
+thread-safe and nothing leaks), writes it atomically to ``path`` and returns the path. Saving a
+bare Figure renders with the Agg canvas whatever backend the user chose, so we never switch it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from digitlab.utils import atomic_write
+
+DPI = 100
+RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red readable on white
+TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+METRIC_LABELS = {
+    "train_loss": "training loss",
+    "val_loss": "validation loss",
+    "train_acc": "training accuracy",
+    "val_acc": "validation accuracy",
+    "lr": "learning rate",
+}
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    # The temp file ends in .tmp, so the format must be named.
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI, facecolor="white"))
+
+
+def _column(history: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
+    """One history column as floats; missing or empty values (no validation set) become NaN."""
+    values = []
+    for row in history:
+        value = row.get(key)
+        try:
+            values.append(float(value) if value not in (None, "") else math.nan)
+        except (TypeError, ValueError):
+            values.append(math.nan)
+    return np.array(values, dtype=np.float64)
+
+
+def _prob(p: float) -> str:
+    """Two decimals, except tiny probabilities, which would all read 0.00."""
+    return f"{p:.2f}" if p >= 0.01 or p == 0 else f"{p:.0e}"
+
+
+def _is_accuracy(metric: str) -> bool:
+    return metric.endswith("acc") or metric.endswith("accuracy")
+
+
+def _images(images: Any) -> np.ndarray:
+    """(N,H,W), (N,1,H,W) or (N,H,W,3) arrays or tensors to numpy (N,H,W[,3])."""
+    arr = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"images must be N x H x W (or N x 1 x H x W), got shape {arr.shape}")
+    return arr
+
+
+def image_grid(
+    images: Any,
+    titles: Sequence[str] | None,
+    path: str | Path,
+    ncols: int = 10,
+    cmap: str = "gray",
+    suptitle: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar: bool = False,
+    title_colors: Sequence[str] | None = None,
+    colorbar_label: str | None = None,
+) -> Path:
+    """A grid of images with optional titles (one per image, may hold line breaks).
+
+    Scaling: uint8 images are shown on 0..255; with ``vmin``/``vmax`` or ``colorbar`` all images
+    share one scale (the explain module's weight masks pass a symmetric range and a diverging
+    ``cmap``, with one colour bar for the whole grid); otherwise each float image is stretched
+    on its own.
+    """
+    arr = _images(images)
+    n = len(arr)
+    if n == 0:
+        raise ValueError("image_grid needs at least one image")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"{n} images but {len(titles)} titles")
+    if arr.dtype == np.uint8 and vmin is None and vmax is None:
+        vmin, vmax = 0, 255
+    elif colorbar and vmin is None and vmax is None:
+        vmin, vmax = float(np.nanmin(arr)), float(np.nanmax(arr))
+    shared = vmin is not None or vmax is not None
+
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    title_lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
+    cell_w = 1.15 if not titles else 1.55
+    cell_h = cell_w + 0.17 * title_lines
+    width = ncols * cell_w + (1.0 if colorbar else 0.0)
+    height = nrows * cell_h + (0.45 if suptitle else 0.0)
+    fig = Figure(figsize=(max(width, 3.0), max(height, 1.5)), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    mappable = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        im = ax.imshow(arr[i], cmap=cmap, vmin=vmin if shared else None, vmax=vmax if shared else None,
+                       interpolation="nearest")
+        mappable = mappable or im
+        if titles is not None:
+            color = title_colors[i] if title_colors is not None else "black"
+            ax.set_title(str(titles[i]), fontsize=9, color=color, linespacing=1.15)
+    if colorbar and mappable is not None:
+        cbar = fig.colorbar(mappable, ax=axes, shrink=0.85, aspect=30)
+        if colorbar_label:
+            cbar.set_label(colorbar_label)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=13)
+    return _save(fig, path)
+
+
+def learning_curves(history: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Loss and accuracy per epoch, training vs validation, side by side (notebooks 003/004).
+
+    A dotted line marks the epoch with the best validation accuracy when there is one.
+    """
+    if not history:
+        raise ValueError("learning_curves needs at least one epoch of history")
+    epochs = _column(history, "epoch")
+    if np.isnan(epochs).any():
+        epochs = np.arange(1, len(history) + 1, dtype=np.float64)
+    marker = "o" if len(history) <= 30 else None
+    fig = Figure(figsize=(11, 4.3), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    val_acc = _column(history, "val_acc")
+    best = int(np.nanargmax(val_acc)) if not np.isnan(val_acc).all() else None
+    for ax, what in ((ax_loss, "loss"), (ax_acc, "acc")):
+        for split, color, name in (("train", TRAIN_COLOR, "training"), ("val", VAL_COLOR, "validation")):
+            values = _column(history, f"{split}_{what}")
+            if not np.isnan(values).all():
+                ax.plot(epochs, values, color=color, marker=marker, markersize=4, label=name)
+        if best is not None:
+            ax.axvline(epochs[best], color="gray", linestyle=":", linewidth=1.2,
+                       label=f"best val acc (epoch {epochs[best]:g})")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel("Loss" if what == "loss" else "Accuracy")
+        ax.set_title("Loss" if what == "loss" else "Accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    fig.suptitle(title or "Learning curves", fontsize=13)
+    return _save(fig, path)
+
+
+def confusion_matrix(
+    cm: Any,
+    classes: Sequence[str],
+    path: str | Path,
+    normalize: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Heatmap of a confusion matrix: rows are true classes, columns predicted (scikit-learn's way).
+
+    Cells show counts, or with ``normalize`` the share of each true class (rows sum to 100%).
+    """
+    counts = np.asarray(cm, dtype=np.float64)
+    k = len(classes)
+    if counts.shape != (k, k):
+        raise ValueError(f"cm must be {k}x{k} for {k} classes, got shape {counts.shape}")
+    if normalize:
+        rows = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    else:
+        values = counts
+    size = min(max(5.0, 0.62 * k + 2.6), 20.0)
+    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
+    ax = fig.subplots()
+    cmap = colormaps["Blues"]
+    norm = Normalize(vmin=0.0, vmax=1.0 if normalize else max(values.max(), 1.0))
+    im = ax.imshow(values, cmap=cmap, norm=norm, interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8)
+    cbar.set_label("share of the true class" if normalize else "number of samples")
+    if normalize:
+        cbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+
+    if k <= 30:  # beyond that the numbers cannot be read anyway
+        fontsize = 10 if k <= 12 else 8 if k <= 20 else 6
+        if not normalize and counts.max() >= 10_000:
+            fontsize -= 2
+        for i in range(k):
+            for j in range(k):
+                if normalize:
+                    # Small shares keep a decimal so that one mistake in 200 does not read as 0%.
+                    v = values[i, j]
+                    text = "0" if counts[i, j] == 0 else f"{v:.1%}" if v < 0.095 else f"{v:.0%}"
+                else:
+                    text = f"{int(counts[i, j])}"
+                r, g, b, _ = cmap(norm(values[i, j]))
+                # White text on dark cells, black on light ones (relative luminance).
+                dark = 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5
+                color = "white" if dark else ("black" if counts[i, j] else "#b0b0b0")
+                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
+
+    ax.set_xticks(range(k), [str(c) for c in classes])
+    ax.set_yticks(range(k), [str(c) for c in classes])
+    if max(len(str(c)) for c in classes) > 2:
+        for label in ax.get_xticklabels():
+            label.set_rotation(40)
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+    ax.set_xlabel("Predicted label", fontsize=11)
+    ax.set_ylabel("True label", fontsize=11)
+    default = "Confusion matrix (share of each true class)" if normalize else "Confusion matrix (counts)"
+    ax.set_title(title or default, fontsize=13)
+    return _save(fig, path)
+
+
+def hardest_examples(
+    images: Any,
+    true: Sequence[int],
+    pred: Sequence[int],
+    prob_true: Sequence[float],
+    classes: Sequence[str],
+    path: str | Path,
+    ncols: int = 5,
+) -> Path:
+    """The images the model found hardest, titled with true class, prediction and p(true class)."""
+    arr = _images(images)
+    if not len(arr) == len(true) == len(pred) == len(prob_true):
+        raise ValueError("images, true, pred and prob_true must have the same length")
+    titles = [
+        f"true {classes[int(t)]}\npred {classes[int(p)]}\np={_prob(float(q))}"
+        for t, p, q in zip(true, pred, prob_true, strict=True)
+    ]
+    colors = [RIGHT if int(t) == int(p) else WRONG for t, p in zip(true, pred, strict=True)]
+    return image_grid(
+        arr, titles, path, ncols=ncols, title_colors=colors,
+        suptitle="Hardest examples: lowest probability p of the true class",
+    )
+
+
+def prediction_grid(
+    images: Any,
+    true: Sequence[int],
+    pred: Sequence[int],
+    classes: Sequence[str],
+    path: str | Path,
+    n: int = 36,
+    seed: int = 0,
+) -> Path:
+    """A random sample of ``n`` predictions (fixed ``seed``): green title when right, red when wrong."""
+    arr = _images(images)
+    true, pred = np.asarray(true), np.asarray(pred)
+    if not len(arr) == len(true) == len(pred):
+        raise ValueError("images, true and pred must have the same length")
+    n = min(n, len(arr))
+    pick = np.sort(np.random.default_rng(seed).choice(len(arr), size=n, replace=False))
+    titles, colors = [], []
+    for i in pick:
+        right = true[i] == pred[i]
+        titles.append(f"pred {classes[pred[i]]}" if right else f"pred {classes[pred[i]]}\ntrue {classes[true[i]]}")
+        colors.append(RIGHT if right else WRONG)
+    wrong = sum(c == WRONG for c in colors)
+    return image_grid(
+        arr[pick], titles, path, ncols=min(6 if n <= 36 else 10, n), title_colors=colors,
+        suptitle=f"Sample predictions ({n - wrong} right in green, {wrong} wrong in red)",
+    )
+
+
+def f1_bars(report: Mapping[str, Any], classes: Sequence[str], path: str | Path) -> Path:
+    """Per-class precision, recall and F1 from a classification-report dict, with the macro F1 line.
+
+    The y axis starts near the lowest score so that differences between good classes show.
+    """
+    names = [str(c) for c in classes]
+    missing = [c for c in names if c not in report]
+    if missing:
+        raise ValueError(f"classes missing from the report: {missing}")
+    scores = {key: np.array([report[c][key] for c in names], dtype=float)
+              for key in ("precision", "recall", "f1-score")}
+    k = len(names)
+    fig = Figure(figsize=(min(max(7.0, 0.75 * k + 3.0), 22.0), 4.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(k)
+    width = 0.27
+    colors = {"precision": "#9ecae1", "recall": "#6baed6", "f1-score": "#08519c"}
+    for offset, key in zip((-width, 0.0, width), scores, strict=True):
+        ax.bar(x + offset, scores[key], width, label=key.replace("-score", ""), color=colors[key])
+    if k <= 20:
+        for xi, f1 in zip(x, scores["f1-score"], strict=True):
+            ax.text(xi + width, f1, f"{f1:.2f}", ha="center", va="bottom", fontsize=8, rotation=90)
+    macro = report.get("macro avg", {}).get("f1-score")
+    if macro is not None:
+        ax.axhline(macro, color=WRONG, linestyle="--", linewidth=1.3, label=f"macro F1 = {macro:.3f}")
+    lowest = min(float(min(v)) for v in scores.values())
+    bottom = max(0.0, math.floor((lowest - 0.05) * 10) / 10)
+    ax.set_ylim(bottom, 1.04)
+    ax.set_xticks(x, names)
+    if max(len(c) for c in names) > 2:
+        for label in ax.get_xticklabels():
+            label.set_rotation(30)
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
+    ax.set_xlabel("Class")
+    ax.set_ylabel("Score" + (f" (axis starts at {bottom:.1f})" if bottom > 0 else ""))
+    ax.set_title("Precision, recall and F1 per class", fontsize=13)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, path)
+
+
+def reliability_diagram(bins: Sequence[Mapping[str, Any]], ece: float, path: str | Path) -> Path:
+    """Accuracy against confidence per bin (from ``expected_calibration_error``).
+
+    Bars below the diagonal are over-confident; the red shading is the gap to perfect calibration.
+    The lower panel shows how many predictions fall in each bin (log scale: most are confident).
+    """
+    if not bins:
+        raise ValueError("reliability_diagram needs at least one bin")
+    lower = np.array([b["lower"] for b in bins], dtype=float)
+    upper = np.array([b["upper"] for b in bins], dtype=float)
+    counts = np.array([b["count"] for b in bins], dtype=float)
+    filled = counts > 0
+    acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins], dtype=float)
+    conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins], dtype=float)
+    centers, widths = (lower + upper) / 2, upper - lower
+
+    fig = Figure(figsize=(6.4, 7.2), layout="constrained")
+    ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(centers[filled], acc[filled], widths[filled], color="#3182bd", edgecolor="black",
+           linewidth=0.6, label="accuracy")
+    gap_bottom = np.minimum(acc, conf)[filled]
+    ax.bar(centers[filled], np.abs(conf - acc)[filled], widths[filled], bottom=gap_bottom,
+           color=WRONG, alpha=0.3, edgecolor=WRONG, hatch="//", linewidth=0.6, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1.2, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("auto")
+    ax.set_ylabel("Accuracy")
+    ax.set_title(f"Reliability diagram (ECE = {ece:.2%})", fontsize=13)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+
+    ax_count.bar(centers[filled], counts[filled], widths[filled], color="#6b6b6b", edgecolor="black",
+                 linewidth=0.6)
+    if filled.any() and counts.max() / max(counts[filled].min(), 1) > 20:
+        ax_count.set_yscale("log")
+    ax_count.set_xlabel("Confidence (highest predicted probability)")
+    ax_count.set_ylabel("Predictions")
+    ax_count.grid(alpha=0.3)
+    for a in (ax, ax_count):
+        a.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    return _save(fig, path)
+
+
+def compare_curves(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, metric: str = "val_acc"
+) -> Path:
+    """One line per run of ``metric`` (a history column) against the epoch."""
+    fig = Figure(figsize=(8.5, 5), layout="constrained")
+    ax = fig.subplots()
+    plotted = 0
+    for name, history in curves.items():
+        values = _column(history, metric)
+        if not len(values) or np.isnan(values).all():
+            continue
+        epochs = _column(history, "epoch")
+        if np.isnan(epochs).any():
+            epochs = np.arange(1, len(history) + 1, dtype=np.float64)
+        ax.plot(epochs, values, marker="o" if len(values) <= 30 else None, markersize=3.5, label=str(name))
+        plotted += 1
+    if not plotted:
+        raise ValueError(f"no run has values for '{metric}'")
+    label = METRIC_LABELS.get(metric, metric)
+    if _is_accuracy(metric):
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    if metric == "lr":
+        ax.set_yscale("log")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(label[0].upper() + label[1:])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"Comparison of runs: {label}", fontsize=13)
+    ax.grid(alpha=0.3)
+    ax.legend(title="run", fontsize=9)
+    return _save(fig, path)
