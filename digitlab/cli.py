@@ -295,3 +295,35 @@ def models_command(
             highlight=False,
         )
         console.print("Add --summary for the layer table.")
+
+
+# --- baseline ------------------------------------------------------------------------------------
+
+
+@app.command("baseline")
+@user_errors
+def baseline_command(
+    dataset: str = typer.Argument("mnist", help="mnist, fashion-mnist, digits, folder:PATH or openml:NAME."),
+    kind: str = typer.Option("logreg", "--kind", help="logreg (LogisticRegression) or linear-svc (LinearSVC)."),
+    split: str = typer.Option("notebook-000", "--split", help="Split scheme (notebook 000's by default)."),
+    scaler: str = typer.Option("unit", "--scaler", help="unit, symmetric, standard or mean-std."),
+    C: float = typer.Option(1.0, "--C", help="Inverse regularization strength."),
+    max_iter: int = typer.Option(100, "--max-iter", help="Solver iterations (scikit-learn's default 100)."),
+    train_subset: int = typer.Option(None, "--train-subset", help="Fit on N training images only."),
+    seed: int = typer.Option(0, "--seed"),
+    name: str = typer.Option(None, "--name", help="Run name."),
+    runs_dir: str = typer.Option(None, "--runs-dir", help="Folder of run folders."),
+    data_dir: str = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+) -> None:
+    """Fit a scikit-learn linear baseline on raw scaled pixels and save it as a run."""
+    from digitlab.baseline import baseline
+
+    run = baseline(dataset, kind, split, scaler, C, max_iter, train_subset, seed, runs_dir, name, data_dir)
+    m = run.metrics
+    if as_json:
+        print_json({"run": str(run.path), **{k: m[k] for k in ("train", "val", "test") if k in m}})
+        return
+    val = f"val accuracy {m['val']['accuracy']:.4f}, " if "val" in m else ""
+    console.print(f"{kind} on {dataset}: {val}test accuracy {m['test']['accuracy']:.4f} "
+                  f"({m['train_seconds']:.1f}s to fit)\nrun folder: {run.path}")

@@ -1,0 +1,794 @@
+"""Hyperparameter search with Optuna: search spaces, presets, pruning, shared studies, plots.
+
+``tune(space, base, n_trials=...) -> TuneResult``. A trial samples values from the ``SearchSpace``,
+applies them to the ``base`` TrainConfig and trains with ``train()`` (quietly, in a temporary run
+folder that is deleted afterwards); its objective is the validation accuracy of the finished run.
+Per-epoch validation accuracy goes to Optuna so the median pruner can stop poor trials early.
+
+The study lives in a database: by default ``runs/tune-<study>/study.db`` (SQLite), so running the
+same command again continues it (trial numbers go on). ``storage`` takes any URL Optuna accepts, and
+several processes may share one study: every trial stores its full effective config in the study
+(no local state), and the best configuration is retrained and evaluated on the test set only once
+per best trial (the result is recorded in the study and reused by later calls).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from digitlab.config import TrainConfig, recipe_config
+from digitlab.errors import ConfigError, RunError, TrainingError
+from digitlab.utils import atomic_write, atomic_write_json, atomic_write_text
+
+SAMPLERS = ("tpe", "random", "grid")
+# Scale parameters: a range of them is sampled log-uniformly unless said otherwise.
+LOG_SCALE = ("lr", "weight_decay")
+# Fields a trial may never change: where data and runs live, and the run's identity.
+_NOT_SEARCHABLE = ("data_dir", "name", "runs_dir", "recipe", "model_options", "betas", "resume", "report",
+                   "tensorboard", "threads", "device")
+_CONFIG_FIELDS = {f.name for f in fields(TrainConfig)} - set(_NOT_SEARCHABLE)
+# Median pruning: no trial is pruned before this many trials finished, nor before this epoch.
+PRUNER_STARTUP_TRIALS = 4
+PRUNER_WARMUP_EPOCHS = 2
+
+
+# --- the search space ----------------------------------------------------------------------------
+
+
+@dataclass
+class Dimension:
+    """One searched parameter: a list of ``choices``, or a range ``low..high`` (int when both are ints)."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def is_int(self) -> bool:
+        return self.choices is None and all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low,
+                                                                                                       self.high))
+
+    @property
+    def fixed(self) -> bool:
+        return self.choices is not None and len(self.choices) == 1
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(name, self.choices)
+        if self.is_int:
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def grid(self, points: int = 3) -> list[Any]:
+        """Values for the grid sampler: the choices, or ``points`` values spread over the range."""
+        import numpy as np
+
+        if self.choices is not None:
+            return list(self.choices)
+        if self.is_int and self.step:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step)))
+        spread = np.geomspace if self.log else np.linspace
+        values = spread(float(self.low), float(self.high), points)
+        if self.is_int:
+            return sorted({int(round(v)) for v in values})
+        return [float(f"{v:.6g}") for v in values]
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "{" + ", ".join(str(c) for c in self.choices) + "}"
+        scale = " (log)" if self.log else ""
+        step = f" step {self.step:g}" if self.step else ""
+        return f"{self.low:g}..{self.high:g}{step}{scale}"
+
+    def to_dict(self) -> dict[str, Any] | list[Any]:
+        if self.choices is not None:
+            return list(self.choices)
+        d: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
+        if self.step:
+            d["step"] = self.step
+        return d
+
+
+def _scalar(raw: str) -> Any:
+    from digitlab.models import _parse_scalar
+
+    return _parse_scalar(raw.strip())
+
+
+def parse_dimension(name: str, value: Any) -> Dimension:
+    """A Dimension from a CLI string or a config-file value.
+
+    Strings: ``"a,b,c"`` (choices), ``"LOW..HIGH"`` (a range; ``lr`` and ``weight_decay`` ranges are
+    log-uniform, others uniform; add ``:log`` or ``:linear`` to choose), or one value (fixed).
+    Config files: a list (choices), a table ``{low, high, log, step}``, or one value.
+    """
+    if isinstance(value, Dimension):
+        return value
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ConfigError(f"Search-space parameter '{name}' has an empty list of choices: give at least one.")
+        return Dimension(choices=list(value))
+    if isinstance(value, dict):
+        if "choices" in value:
+            return parse_dimension(name, list(value["choices"]))
+        if "low" not in value or "high" not in value:
+            raise ConfigError(f"Search-space parameter '{name}' needs 'low' and 'high' (or 'choices'), got {value}.")
+        dim = Dimension(low=value["low"], high=value["high"], log=bool(value.get("log", name in LOG_SCALE)),
+                        step=value.get("step"))
+        return _checked_range(name, dim)
+    if isinstance(value, str):
+        text = value.strip()
+        if ".." in text:
+            text, _, scale = text.partition(":")
+            low, _, high = text.partition("..")
+            if scale not in ("", "log", "linear"):
+                raise ConfigError(f"Search-space range '{value}' for '{name}' ends in ':{scale}': use :log or :linear.")
+            log = scale == "log" or (scale == "" and name in LOG_SCALE)
+            return _checked_range(name, Dimension(low=_scalar(low), high=_scalar(high), log=log))
+        return Dimension(choices=[_scalar(part) for part in text.split(",") if part.strip()])
+    return Dimension(choices=[value])
+
+
+def _checked_range(name: str, dim: Dimension) -> Dimension:
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (dim.low, dim.high))
+    if not ok or not dim.low <= dim.high:
+        raise ConfigError(f"Search-space range for '{name}' must be two numbers LOW..HIGH with LOW <= HIGH, "
+                          f"got {dim.low!r}..{dim.high!r}.")
+    if dim.log and dim.low <= 0:
+        raise ConfigError(f"Log-scale range for '{name}' must be positive, got {dim.low!r}..{dim.high!r}: "
+                          "raise LOW or add ':linear'.")
+    return dim
+
+
+@dataclass
+class SearchSpace:
+    """Named dimensions. Names are TrainConfig fields (``lr``, ``batch_size``, ``optimizer``,
+    ``weight_decay``, ``model``, ...), model options (``activation``, ``dropout``, ``width``, ...),
+    or ``n_hidden`` and ``units`` (the MLP's ``hidden = [units] * n_hidden``).
+
+    A model option is sampled only in trials whose model has it, so a space over several model
+    families is conditional. A dimension with a single choice is not searched: it fixes the value.
+    """
+
+    dims: dict[str, Dimension] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | SearchSpace) -> SearchSpace:
+        if isinstance(d, SearchSpace):
+            return d
+        return cls({str(k).replace("-", "_"): parse_dimension(str(k), v) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v.to_dict() for k, v in self.dims.items()}
+
+    def merged(self, other: SearchSpace | dict[str, Any]) -> SearchSpace:
+        """This space with ``other``'s dimensions added or replacing these."""
+        return SearchSpace({**self.dims, **SearchSpace.from_dict(other).dims})
+
+    @property
+    def searched(self) -> dict[str, Dimension]:
+        return {k: v for k, v in self.dims.items() if not v.fixed}
+
+    def check(self, base: TrainConfig) -> None:
+        """Refuse names that are neither training options nor options of a model this space can pick."""
+        from digitlab.models import MODELS
+
+        models = self.dims["model"].grid() if "model" in self.dims else [base.model]
+        for model in models:
+            if model not in MODELS:
+                raise ConfigError(f"Search space picks unknown model '{model}': choose among {', '.join(MODELS)}.")
+        options = set().union(*(MODELS[m].defaults for m in models))
+        for name in self.dims:
+            if name in _CONFIG_FIELDS or name in options:
+                continue
+            if name in ("n_hidden", "units") and any(_has_mlp_hidden(m) for m in models):
+                continue
+            raise ConfigError(
+                f"Search-space parameter '{name}' is neither a training option nor an option of model "
+                f"{'/'.join(models)}: use e.g. lr, batch_size, optimizer, weight_decay, model, n_hidden, units, "
+                "activation or dropout."
+            )
+        if not self.searched:
+            raise ConfigError(
+                "The search space is empty: give ranges or several values, e.g. --lr 1e-4..1e-1 --units 32..256, "
+                "or a preset (--preset notebook-003)."
+            )
+
+    def sample(self, trial: Any, base: TrainConfig) -> TrainConfig:
+        """Suggest a value for every applicable dimension and return the trial's config."""
+        values: dict[str, Any] = {}
+        for name, dim in self.dims.items():
+            if name == "model":
+                values[name] = dim.choices[0] if dim.fixed else dim.suggest(trial, name)
+        model = values.get("model", base.model)
+        from digitlab.models import MODELS
+
+        options = MODELS[model].defaults
+        for name, dim in self.dims.items():
+            applies = name in _CONFIG_FIELDS or name in options or (
+                name in ("n_hidden", "units") and _has_mlp_hidden(model)
+            )
+            if name == "model" or not applies:
+                continue
+            values[name] = dim.choices[0] if dim.fixed else dim.suggest(trial, name)
+        return apply_values(base, values)
+
+    def grid(self, points: int = 3) -> dict[str, list[Any]]:
+        return {k: v.grid(points) for k, v in self.searched.items()}
+
+
+def _has_mlp_hidden(model: str) -> bool:
+    from digitlab.models import MODELS
+
+    return isinstance(MODELS[model].defaults.get("hidden"), tuple)
+
+
+def apply_values(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """``base`` with sampled values applied: config fields directly, the rest as model options."""
+    from digitlab.models import MODELS
+
+    model = values.get("model", base.model)
+    # The base's model options belong to the base's model; another family starts from its defaults.
+    options = dict(base.model_options) if model == base.model else {}
+    defaults = MODELS[model].defaults
+    if ("n_hidden" in values or "units" in values) and _has_mlp_hidden(model):
+        hidden = list(options.get("hidden", defaults["hidden"])) or [128]
+        options["hidden"] = [int(values.get("units", hidden[0]))] * int(values.get("n_hidden", len(hidden)))
+    changes = {}
+    for name, value in values.items():
+        if name in ("model", "n_hidden", "units"):
+            continue
+        if name in _CONFIG_FIELDS:
+            changes[name] = value
+        elif name in defaults:
+            options[name] = value
+    return base.replace(model=model, model_options=options, **changes)
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    space: dict[str, Any]
+    recipe: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    # Notebook 003's RandomizedSearchCV: relu MLP of n_hidden layers of n_neurons, plain SGD,
+    # 30 epochs, EarlyStopping(patience=10) on the validation loss, Fashion-MNIST with the first
+    # 5,000 training images as validation. The learning rate takes the notebook's five decades.
+    "notebook-003": Preset(
+        "Notebook 003: Fashion-MNIST relu MLP, SGD; n_hidden {1, 2}, units 50..299, lr {1e-1 ... 1e-5}, "
+        "30 epochs with early stopping (patience 10).",
+        space={"n_hidden": [1, 2], "units": {"low": 50, "high": 299}, "lr": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5]},
+        recipe="notebook-003-mlp",
+        overrides=dict(early_stopping=True, patience=10, monitor="val_loss", epochs=30),
+    ),
+    # A broader MLP search on top of the fast recipe's schedule (one-cycle, label smoothing).
+    "mlp": Preset(
+        "MLP: n_hidden {1, 2, 3}, units 32..512 (log), relu/tanh, lr 1e-4..3e-1 (log), nesterov/adam, "
+        "batch {32, 64, 128}, weight decay 1e-6..1e-2 (log), dropout 0..0.5; 10 epochs.",
+        space={
+            "n_hidden": [1, 2, 3], "units": {"low": 32, "high": 512, "log": True}, "activation": ["relu", "tanh"],
+            "lr": {"low": 1e-4, "high": 0.3}, "optimizer": ["nesterov", "adam"], "batch_size": [32, 64, 128],
+            "weight_decay": {"low": 1e-6, "high": 1e-2}, "dropout": {"low": 0.0, "high": 0.5},
+        },
+        recipe="fast",
+        overrides=dict(model="mlp", epochs=10),
+    ),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> tuple[SearchSpace, TrainConfig]:
+    """A preset's search space and base config, with ``overrides`` applied to the config."""
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown tuning preset '{name}': choose one of {', '.join(PRESETS)}.")
+    preset = PRESETS[name]
+    return SearchSpace.from_dict(preset.space), recipe_config(preset.recipe, **{**preset.overrides, **overrides})
+
+
+def load_space_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a TOML/YAML/JSON file with a ``[space]`` table and an optional ``[train]`` table.
+
+    Returns ``(space, train_overrides)``. A file without a ``[space]`` table is all space.
+    """
+    path = Path(path)
+    raw = _read_table_file(path)
+    if "space" in raw:
+        space, train_ = raw["space"], raw.get("train", {})
+    else:
+        space, train_ = {k: v for k, v in raw.items() if k != "train"}, raw.get("train", {})
+    if not isinstance(space, dict) or not isinstance(train_, dict):
+        raise ConfigError(f"Space file '{path}' must hold a [space] table (and optionally a [train] table).")
+    return space, train_
+
+
+def _read_table_file(path: Path) -> dict[str, Any]:
+    # load_config_file unwraps a [train] table; the space file needs both tables, so read it whole.
+    if not path.is_file():
+        raise ConfigError(f"Space file '{path}' does not exist: check the path given to --space.")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"Space file '{path}' must end in .toml, .yaml, .yml or .json.")
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
+        raise ConfigError(f"Space file '{path}' could not be parsed ({exc}): fix its syntax.") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Space file '{path}' must hold tables of option = value pairs.")
+    return data
+
+
+# --- the result ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneResult:
+    """What a tune call found: the study, its best trial, the retrained best run and the figures."""
+
+    study_name: str
+    storage: str  # the URL with any password hidden
+    path: Path  # the tune folder: figures, trials.csv, result.json, the best run
+    n_trials: int  # trials in the study, all processes and all calls
+    new_trials: list[int]  # numbers of the trials this call ran
+    best_trial: int | None
+    best_value: float | None  # validation accuracy
+    best_params: dict[str, Any]
+    best_config: dict[str, Any] | None
+    final_run: Path | None
+    test_accuracy: float | None
+    trials: list[dict[str, Any]]
+    figures: dict[str, Path]
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["path"] = str(self.path)
+        d["final_run"] = str(self.final_run) if self.final_run else None
+        d["figures"] = {k: str(v) for k, v in self.figures.items()}
+        return d
+
+
+# --- progress --------------------------------------------------------------------------------------
+
+
+class _Reporter:
+    """A line per finished trial (rich), JSON event lines, or nothing."""
+
+    def __init__(self, mode: Literal["rich", "json", "quiet"]) -> None:
+        self.mode = mode
+        if mode == "rich":
+            from rich.console import Console
+
+            self.console = Console()
+
+    def event(self, kind: str, **data: Any) -> None:
+        if self.mode == "json":
+            import sys
+
+            sys.stdout.write(json.dumps({"event": kind, **data}, default=str) + "\n")
+            sys.stdout.flush()
+
+    def message(self, text: str) -> None:
+        self.event("message", text=text)
+        if self.mode == "rich":
+            self.console.print(text, highlight=False)
+
+    def trial(self, row: dict[str, Any], best: tuple[int, float] | None) -> None:
+        self.event("trial", **row, best_trial=best[0] if best else None, best_value=best[1] if best else None)
+        if self.mode != "rich":
+            return
+        params = "  ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items())
+        state = row["state"].lower()
+        if state == "complete":
+            mark = " [bold green]best[/]" if best and best[0] == row["number"] else ""
+            what = f"val acc [bold]{row['value']:.4f}[/]{mark}"
+        elif state == "pruned":
+            what = f"[yellow]pruned[/] after epoch {row['epochs']}"
+        else:
+            what = f"[red]{state}[/]" + (f": {row['error']}" if row.get("error") else "")
+        self.console.print(
+            f"trial {row['number']:>3}  {what}  {params}  ({row['seconds']:.1f}s)"
+            + (f"   best: #{best[0]} {best[1]:.4f}" if best else ""),
+            highlight=False,
+        )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _trial_row(t: Any) -> dict[str, Any]:
+    seconds = t.duration.total_seconds() if t.duration is not None else float("nan")
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "params": dict(t.params),
+        "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
+        "seconds": seconds,
+        "error": t.user_attrs.get("error"),
+    }
+
+
+# --- tune ------------------------------------------------------------------------------------------
+
+
+def _storage_url(storage: str | None, tune_dir: Path) -> str:
+    if storage:
+        return storage
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(tune_dir / 'study.db').resolve()}"
+
+
+def _hide_password(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL (e.g. a journal file): nothing to hide
+        return url
+
+
+def _make_sampler(name: str, space: SearchSpace, seed: int | None, grid_points: int) -> Any:
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(grid_points), seed=seed)
+    raise ConfigError(f"Unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}.")
+
+
+def _open_study(url: str, name: str, sampler: Any, pruner: Any) -> Any:
+    import optuna
+
+    try:
+        return optuna.create_study(storage=url, study_name=name, sampler=sampler, pruner=pruner,
+                                   direction="maximize", load_if_exists=True)
+    except ValueError as exc:  # e.g. an existing study that minimizes
+        raise ConfigError(f"Study '{name}' in {_hide_password(url)} cannot be used ({exc}): pick another --study.") \
+            from exc
+    except Exception as exc:  # noqa: BLE001 - bad URLs, missing drivers, unreachable servers
+        raise ConfigError(
+            f"Cannot open the study storage '{_hide_password(url)}' ({exc.__class__.__name__}: {exc}): check "
+            "--storage (e.g. sqlite:///runs/study.db or postgresql://user@host/db) and that its driver is installed."
+        ) from exc
+
+
+def _objective(space: SearchSpace, base: TrainConfig, tmp_root: Path, prune: bool) -> Any:
+    import optuna
+
+    from digitlab.train import train
+
+    def objective(trial: Any) -> float:
+        config = space.sample(trial, base)
+        saved = {k: v for k, v in config.to_dict().items() if k not in ("runs_dir", "name")}
+        trial.set_user_attr("config", saved)
+        config = config.replace(runs_dir=str(tmp_root), name=f"trial-{trial.number}", report=False,
+                                tensorboard=False)
+        reported = 0
+        pruned = False
+
+        def report_epochs(state: Any) -> bool:
+            # History grows by one row after each epoch; callbacks run after every step, so the new
+            # row shows up at the first step of the next epoch.
+            nonlocal reported, pruned
+            while reported < len(state.history):
+                trial.report(state.history[reported]["val_acc"], reported + 1)
+                reported += 1
+                if prune and trial.should_prune():
+                    pruned = True
+                    return True
+            return False
+
+        run_dir = tmp_root / config.name
+        try:
+            run = train(config, progress="quiet", callbacks=[report_epochs])
+        except TrainingError as exc:
+            trial.set_user_attr("error", str(exc).split(":")[0])
+            raise
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        keep = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+        trial.set_user_attr("history", [{k: row.get(k) for k in keep} for row in run.history])
+        trial.set_user_attr("epochs", len(run.history))
+        if pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {reported}")
+        for i in range(reported, len(run.history)):  # the last epoch, which no callback saw
+            trial.report(run.history[i]["val_acc"], i + 1)
+        return float(run.metrics["val"]["accuracy"])
+
+    return objective
+
+
+def tune(
+    space: SearchSpace | dict[str, Any],
+    base: TrainConfig | None = None,
+    *,
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    sampler: str = "tpe",
+    storage: str | None = None,
+    study_name: str | None = None,
+    sampler_seed: int | None = None,
+    prune: bool = True,
+    max_total_trials: int | None = None,
+    grid_points: int = 3,
+    final: bool = True,
+    out: str | Path | None = None,
+    progress: Literal["rich", "json", "quiet"] = "rich",
+) -> TuneResult:
+    """Search ``space`` around ``base``; retrain the best config once and evaluate it on the test set.
+
+    ``n_trials`` and ``timeout`` bound this call; ``max_total_trials`` bounds the whole study (all
+    processes sharing it). ``sampler_seed`` defaults to ``base.seed`` plus the number of trials
+    already in the study when the study lives in the default local file, so a run repeats exactly
+    and a continued study gets fresh proposals; with an explicit ``storage`` (shared by workers) it
+    defaults to fresh entropy so that concurrent workers do not propose the same trials.
+    ``final=False`` skips the retraining (e.g. for extra workers).
+    """
+    import optuna
+
+    from digitlab.config import validate
+    from digitlab.runs import default_runs_dir
+
+    base = base or TrainConfig()
+    space = SearchSpace.from_dict(space)
+    validate(base)
+    space.check(base)
+    if base.split == "none" or base.val_size <= 0 and base.split == "default":
+        raise ConfigError("Tuning needs a validation split to score trials: use --split default (or a notebook "
+                          "split), not 'none'.")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"Unknown sampler '{sampler}': choose one of {', '.join(SAMPLERS)}.")
+    if n_trials is not None and n_trials < 0:
+        raise ConfigError(f"--n-trials must be zero or more, got {n_trials}.")
+    # Fixed dimensions change the base once rather than being "sampled" in every trial.
+    fixed = {k: v.choices[0] for k, v in space.dims.items() if v.fixed}
+    base = apply_values(base, fixed) if fixed else base
+    space = SearchSpace(space.searched)
+    validate(base)
+
+    name = study_name or f"{base.dataset}-search"
+    runs_root = Path(base.runs_dir) if base.runs_dir else default_runs_dir()
+    tune_dir = Path(out) if out else runs_root / f"tune-{name}"
+    url = _storage_url(storage, tune_dir)
+    reporter = _Reporter(progress)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
+                                          n_warmup_steps=PRUNER_WARMUP_EPOCHS) if prune else optuna.pruners.NopPruner())
+    study = _open_study(url, name, None, pruner)
+    existing = len(study.get_trials(deepcopy=False))
+    if sampler_seed is None and storage is None:
+        sampler_seed = base.seed + existing
+    study.sampler = _make_sampler(sampler, space, sampler_seed, grid_points)
+    if existing == 0:
+        study.set_user_attr("space", space.to_dict())
+        study.set_user_attr("base_config", base.to_dict())
+    reporter.event("study", study=name, storage=_hide_password(url), existing_trials=existing,
+                   space=space.to_dict(), sampler=sampler)
+    reporter.message(
+        f"study [bold]{name}[/] in {_hide_password(url)}: {existing} earlier trial(s); sampler {sampler}, "
+        f"{'median pruning' if prune else 'no pruning'}; searching "
+        + ", ".join(f"{k} {v.describe()}" for k, v in space.dims.items())
+    )
+
+    new_trials: list[int] = []
+
+    def on_trial(study_: Any, trial: Any) -> None:
+        new_trials.append(trial.number)
+        try:
+            best = (study_.best_trial.number, study_.best_value)
+        except ValueError:  # no trial completed yet
+            best = None
+        reporter.trial(_trial_row(trial), best)
+
+    callbacks = [on_trial]
+    if max_total_trials is not None:
+        callbacks.append(optuna.study.MaxTrialsCallback(
+            max_total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+    tmp_root = Path(tempfile.mkdtemp(prefix="digitlab-tune-"))
+    try:
+        if n_trials != 0:
+            study.optimize(_objective(space, base, tmp_root, prune), n_trials=n_trials, timeout=timeout,
+                           callbacks=callbacks, catch=(TrainingError,), gc_after_trial=False)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+    return _summarize(study, tune_dir, url, new_trials, final, reporter)
+
+
+def _summarize(study: Any, tune_dir: Path, url: str, new_trials: list[int], final: bool,
+               reporter: _Reporter) -> TuneResult:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    rows = [_trial_row(t) for t in trials]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    notes: list[str] = []
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    _write_trials_csv(tune_dir / "trials.csv", rows)
+    if not complete:
+        states = {s: sum(1 for t in trials if t.state.name == s) for s in ("PRUNED", "FAIL", "RUNNING")}
+        raise TrainingError(
+            f"No trial of study '{study.study_name}' has completed ({states['FAIL']} failed, {states['PRUNED']} "
+            f"pruned, {states['RUNNING']} running): run more trials or widen the search space."
+        )
+    best = study.best_trial
+    final_run, test_acc = None, None
+    if final:
+        final_run, test_acc = _final_run(study, best, tune_dir, reporter)
+    else:
+        recorded = study.user_attrs.get("final") or {}
+        if recorded.get("trial") == best.number:
+            final_run, test_acc = Path(recorded["run"]), recorded["test_accuracy"]
+    figures = _plots(study, tune_dir / "figures", notes)
+    result = TuneResult(
+        study_name=study.study_name, storage=_hide_password(url), path=tune_dir, n_trials=len(trials),
+        new_trials=new_trials, best_trial=best.number, best_value=best.value, best_params=dict(best.params),
+        best_config=best.user_attrs.get("config"), final_run=final_run, test_accuracy=test_acc, trials=rows,
+        figures=figures, notes=notes,
+    )
+    atomic_write_json(tune_dir / "result.json", result.to_dict())
+    reporter.event("result", **result.to_dict())
+    return result
+
+
+def _final_run(study: Any, best: Any, tune_dir: Path, reporter: _Reporter) -> tuple[Path, float]:
+    """Retrain the best trial's config once (deterministic: same seed) and evaluate it on the test set.
+
+    The result is recorded in the study, so later calls and other workers report it instead of
+    looking at the test set again. A folder left by an interrupted retraining is resumed.
+    """
+    from digitlab.runs import Run
+    from digitlab.train import train
+
+    recorded = study.user_attrs.get("final") or {}
+    run_dir = tune_dir / f"best-trial-{best.number}"
+    if recorded.get("trial") == best.number:
+        reporter.message(f"best trial #{best.number} was already retrained and tested: {recorded['run']}")
+        return Path(recorded["run"]), recorded["test_accuracy"]
+    if (run_dir / "metrics.json").is_file():
+        run = Run.load(run_dir)
+    else:
+        reporter.message(f"retraining the best trial #{best.number} (val acc {best.value:.4f}) -> {run_dir}")
+        config = TrainConfig.from_dict({**best.user_attrs["config"], "runs_dir": str(tune_dir),
+                                        "name": run_dir.name})
+        try:
+            run = train(resume=run_dir, progress="quiet") if (run_dir / "config.json").is_file() else \
+                train(config, progress="quiet")
+        except (RunError, ConfigError) as exc:
+            raise RunError(f"The best trial's run folder '{run_dir}' is unusable ({exc}): delete it and run "
+                           "tune again with --n-trials 0.") from exc
+    test_acc = float(run.metrics["test"]["accuracy"])
+    study.set_user_attr("final", {"trial": best.number, "run": str(run_dir.resolve()), "test_accuracy": test_acc,
+                                  "val_accuracy": run.metrics.get("val", {}).get("accuracy")})
+    reporter.message(f"best trial #{best.number}: test accuracy [bold]{test_acc:.4f}[/] (run folder {run_dir})")
+    return run_dir, test_acc
+
+
+def _write_trials_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    params = sorted({k for r in rows for k in r["params"]})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["number", "state", "val_acc", "epochs", "seconds", *params, "error"])
+    for r in rows:
+        writer.writerow([r["number"], r["state"], "" if r["value"] is None else r["value"], r["epochs"],
+                         f"{r['seconds']:.2f}", *[r["params"].get(p, "") for p in params], r["error"] or ""])
+    atomic_write_text(path, buf.getvalue())
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+def _plots(study: Any, folder: Path, notes: list[str]) -> dict[str, Path]:
+    """Optimization history, parameter importances and parallel coordinates (optuna's matplotlib plots)."""
+    import matplotlib
+
+    # optuna's plots go through pyplot; a headless worker must not try to open a window.
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import numpy as np
+    import optuna
+    import optuna.visualization.matplotlib as vm
+    from matplotlib import pyplot as plt
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    varied = [p for p in {k for t in complete for k in t.params}
+              if len({repr(t.params.get(p)) for t in complete}) > 1]
+    target = "validation accuracy"
+    title = f" — study {study.study_name}"
+    plans: dict[str, Any] = {
+        "optimization_history": lambda: vm.plot_optimization_history(study, target_name=target),
+        "parallel_coordinate": lambda: vm.plot_parallel_coordinate(study, target_name=target),
+    }
+    if len(complete) >= 2 and varied:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        plans["param_importances"] = lambda: vm.plot_param_importances(study, evaluator=evaluator, target_name=target)
+    else:
+        notes.append(f"No parameter-importance plot: it needs at least 2 completed trials whose parameters differ "
+                     f"(the study has {len(complete)} completed); run more trials.")
+    # Light blues of optuna's parallel plot vanish on its grey background: start the map at mid-blue.
+    blues = ListedColormap(plt.get_cmap("Blues")(np.linspace(0.3, 1.0, 256)))
+    figures = {}
+    for name, plot in plans.items():
+        # rc_context undoes optuna's global plt.style.use("ggplot") so later figures keep their style.
+        with matplotlib.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental-API notes, tight_layout and colour-bar axes
+            try:
+                ax = plot()
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                notes.append(f"No {name.replace('_', ' ')} plot: {exc}")
+                plt.close("all")
+                continue
+            ax0 = ax.flat[0] if hasattr(ax, "flat") else ax
+            fig = ax0.figure
+            fig.set_size_inches(10, 5.5)
+            heading = next((ax0.get_title(loc) for loc in ("center", "left", "right") if ax0.get_title(loc)), "")
+            for loc in ("center", "left", "right"):
+                ax0.set_title("", loc=loc)
+            fig.suptitle(heading + title, fontsize=13)
+            for collection in ax0.collections:
+                if isinstance(collection, LineCollection):
+                    collection.set_cmap(blues)
+            fig.tight_layout()
+            path = folder / f"{name}.png"
+            atomic_write(path, lambda p, fig=fig: fig.savefig(p, format="png", dpi=100, facecolor="white"))
+            plt.close(fig)
+        figures[name] = path
+    return figures
+
+
+def trials_table(result: TuneResult, limit: int = 50) -> Any:
+    """A rich Table of the study's trials (the last ``limit``), best first marked."""
+    from rich.table import Table
+
+    table = Table(title=f"study {result.study_name}: {result.n_trials} trials")
+    for col, justify in (("#", "right"), ("state", "left"), ("val acc", "right"), ("epochs", "right"),
+                         ("seconds", "right"), ("parameters", "left")):
+        table.add_column(col, justify=justify)
+    rows = result.trials[-limit:]
+    for r in rows:
+        best = r["number"] == result.best_trial
+        value = "" if r["value"] is None or (isinstance(r["value"], float) and math.isnan(r["value"])) \
+            else f"{r['value']:.4f}"
+        table.add_row(
+            str(r["number"]), r["state"].lower(), f"[bold green]{value}[/]" if best else value, str(r["epochs"]),
+            f"{r['seconds']:.1f}", "  ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()),
+        )
+    return table
