@@ -327,3 +327,232 @@ def baseline_command(
     val = f"val accuracy {m['val']['accuracy']:.4f}, " if "val" in m else ""
     console.print(f"{kind} on {dataset}: {val}test accuracy {m['test']['accuracy']:.4f} "
                   f"({m['train_seconds']:.1f}s to fit)\nrun folder: {run.path}")
+
+
+# --- tune, study, lr-find (digitlab.tune, digitlab.studies) -----------------------------------------
+
+
+@app.command("tune")
+@user_errors
+def tune_command(
+    preset: str | None = typer.Option(None, "--preset", help="Built-in search: notebook-003 or mlp."),
+    space: str | None = typer.Option(
+        None, "--space", help="TOML/YAML/JSON file with a [space] table (and optionally a [train] table)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Model or models to search, e.g. mlp,cnn-small."),
+    n_hidden: str | None = typer.Option(None, "--n-hidden", help="MLP hidden layers: 1,2 or 1..3."),
+    units: str | None = typer.Option(None, "--units", help="Units per MLP hidden layer: 50..300 or 64,128."),
+    activation: str | None = typer.Option(None, "--activation", help="MLP activations: relu,tanh."),
+    lr: str | None = typer.Option(None, "--lr", help="Learning rate: 1e-5..1e-1 (log-uniform) or 0.1,0.01."),
+    batch_size: str | None = typer.Option(None, "--batch-size", help="Batch sizes: 32,64,128 or 16..256."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="Optimizers: sgd,nesterov,adam."),
+    weight_decay: str | None = typer.Option(None, "--weight-decay", help="Weight decay: 1e-6..1e-2 (log)."),
+    dropout: str | None = typer.Option(None, "--dropout", help="Dropout: 0..0.5 or 0,0.2."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Base recipe (default: the preset's, else fast)."),
+    config: str | None = typer.Option(None, "--config", help="TOML/YAML file of base training options."),
+    dataset: str | None = typer.Option(None, "--dataset", help="mnist, fashion-mnist, digits, folder:PATH ..."),
+    split: str | None = typer.Option(None, "--split", help="default, notebook-000/001/003 (not none)."),
+    train_subset: int | None = typer.Option(None, "--train-subset", help="Train each trial on N images only."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs per trial."),
+    early_stopping: bool | None = typer.Option(None, "--early-stopping/--no-early-stopping", help="Per trial."),
+    patience: int | None = typer.Option(None, "--patience", help="Early-stopping patience in epochs."),
+    seed: int | None = typer.Option(None, "--seed", help="Training seed of every trial."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads per trial."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
+    runs_dir: str | None = typer.Option(None, "--runs-dir", help="Folder of run folders (default ./runs)."),
+    report: bool | None = typer.Option(None, "--report/--no-report", help="Write the best run's report.html."),
+    n_trials: int = typer.Option(20, "--n-trials", help="Trials this command runs (0: just report the study)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds."),
+    total_trials: int | None = typer.Option(None, "--total-trials", help="Cap on the study's trials (all workers)."),
+    sampler: str = typer.Option("tpe", "--sampler", help="tpe, random or grid."),
+    sampler_seed: int | None = typer.Option(None, "--sampler-seed", help="Seed of the sampler."),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Median pruning on per-epoch val accuracy."),
+    storage: str | None = typer.Option(
+        None, "--storage", help="Database URL (default: sqlite in runs/tune-STUDY/study.db); shareable by workers."
+    ),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: the preset, else DATASET-search)."),
+    final: bool = typer.Option(True, "--final/--no-final", help="Retrain the best trial and test it (once)."),
+    out: str | None = typer.Option(None, "--out", help="Tune folder (default runs/tune-STUDY)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON event lines (a line per trial, then the result)."),
+) -> None:
+    """Hyperparameter search with Optuna (trials table, best config retrained and tested once, plots).
+
+    A value list (0.1,0.01) or range (1e-5..1e-1) searches an option; one value fixes it. Running the same
+    command again continues the study; several processes may share one with --storage URL --study NAME.
+    """
+    from digitlab.tune import build_search, trials_table, tune
+
+    space_options = dict(model=model, n_hidden=n_hidden, units=units, activation=activation, lr=lr,
+                         batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay, dropout=dropout)
+    overrides = dict(dataset=dataset, split=split, train_subset=train_subset, epochs=epochs,
+                     early_stopping=early_stopping, patience=patience, seed=seed, threads=threads, device=device,
+                     runs_dir=runs_dir, report=report)
+    search, base = build_search(preset, space, space_options, recipe, config, overrides)
+    result = tune(search, base, n_trials=n_trials, timeout=timeout, sampler=sampler, storage=storage,
+                  study_name=study or preset, sampler_seed=sampler_seed, prune=prune, max_total_trials=total_trials,
+                  final=final, out=out, progress="json" if as_json else "rich")
+    if as_json:
+        return
+    console.print(trials_table(result))
+    params = "  ".join(f"{k}={v}" for k, v in result.best_params.items())
+    console.print(f"best trial #{result.best_trial}: validation accuracy [bold]{result.best_value:.4f}[/]  {params}",
+                  highlight=False)
+    if result.test_accuracy is not None:
+        console.print(f"test accuracy of the retrained best config: [bold]{result.test_accuracy:.4f}[/] "
+                      f"(run folder {result.final_run})", highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"figures: {', '.join(str(p) for p in result.figures.values())}\nstudy folder: {result.path}",
+                  highlight=False)
+
+
+study_app = typer.Typer(
+    help="Notebook 004's studies: optimizers x initializations, and learning rates with and without momentum.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
+
+
+def _study_base(dataset: str, model: str, options: list[str] | None, default_hidden: list[int], **fields: Any) -> Any:
+    from digitlab.models import parse_options
+    from digitlab.studies import study_config
+
+    model_options = {"hidden": default_hidden, "activation": "tanh"} if model == "mlp" else {}
+    model_options.update(parse_options(options))
+    return study_config(dataset, model=model, model_options=model_options,
+                        **{k: v for k, v in fields.items() if v is not None})
+
+
+def _print_study(result: Any, columns: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"final training loss after {max(len(c.history) for c in result.curves)} epochs")
+    table.add_column("initialization" if result.kind == "init" else "learning rate")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for label in dict.fromkeys(c.label for c in result.curves):
+        cells = []
+        for col in columns:
+            c = result.curve(col, label)
+            loss = "-" if not c.history else f"{c.final_loss:.4f}"
+            cells.append(loss if c.status == "ok" else f"{loss} ({c.status})")
+        table.add_row(label, *cells)
+    console.print(table)
+    console.print(f"figure: {result.figure}\ncurves: {result.csv}", highlight=False)
+
+
+@study_app.command("init")
+@user_errors
+def study_init_command(
+    dataset: str = typer.Option("digits", "--dataset", help="mnist, fashion-mnist, digits, ..."),
+    model: str = typer.Option("mlp", "--model", help="Model (default: notebook 004's tanh MLP [100, 100])."),
+    model_option: list[str] | None = typer.Option(None, "--model-option", "-o", help="Model option KEY=VALUE."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs per run."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 32)."),
+    train_subset: int | None = typer.Option(None, "--train-subset", help="Train on N images only."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every run."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (default runs/study-init-DATASET)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON event lines and the result."),
+) -> None:
+    """Optimizers x weight initializations: a loss panel per optimizer, a line per init, a CSV of curves.
+
+    Optimizers: SGD lr 0.1, Adam (lr 1e-3), SGD + Nesterov momentum 0.9; inits: Glorot uniform, truncated
+    normal std 1e-3 and std 1, zeros.
+    """
+    from digitlab.studies import OPTIMIZER_SETUPS, init_study
+
+    base = _study_base(dataset, model, model_option, [100, 100], epochs=epochs, batch_size=batch_size,
+                       train_subset=train_subset, seed=seed, threads=threads)
+    result = init_study(base, out=out, progress="json" if as_json else "rich")
+    if not as_json:  # JSON mode already printed an event line per run and the result
+        _print_study(result, list(OPTIMIZER_SETUPS))
+
+
+@study_app.command("lr")
+@user_errors
+def study_lr_command(
+    lrs: str = typer.Option("1e-3,1e-2,1e-1,1,10", "--lrs", help="Learning rates, comma-separated."),
+    momentum: float = typer.Option(0.9, "--momentum", help="Nesterov momentum of the second panel."),
+    dataset: str = typer.Option("digits", "--dataset", help="mnist, fashion-mnist, digits, ..."),
+    model: str = typer.Option("mlp", "--model", help="Model (default: notebook 004's tanh MLP [100])."),
+    model_option: list[str] | None = typer.Option(None, "--model-option", "-o", help="Model option KEY=VALUE."),
+    epochs: int = typer.Option(15, "--epochs", help="Epochs per run."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size (default 32)."),
+    train_subset: int | None = typer.Option(None, "--train-subset", help="Train on N images only."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every run."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (default runs/study-lr-DATASET)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON event lines and the result."),
+) -> None:
+    """Learning-rate sweep with plain SGD and with Nesterov momentum: a panel each, a line per rate.
+
+    Shows slow learning at small rates and instability or divergence (NaN loss) at large ones.
+    """
+    from digitlab.errors import ConfigError
+    from digitlab.studies import lr_study
+
+    try:
+        rates = [float(v) for v in lrs.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--lrs must be numbers separated by commas, like 1e-3,1e-2,0.1, got '{lrs}'.") from None
+    base = _study_base(dataset, model, model_option, [100], epochs=epochs, batch_size=batch_size,
+                       train_subset=train_subset, seed=seed, threads=threads)
+    result = lr_study(base, rates, momentum=momentum, out=out, progress="json" if as_json else "rich")
+    if not as_json:
+        _print_study(result, list(dict.fromkeys(c.group for c in result.curves)))
+
+
+@app.command("lr-find")
+@user_errors
+def lr_find_command(
+    run: str | None = typer.Argument(None, help="A run folder or name whose config to test (optional)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Start from a recipe (default fast)."),
+    config: str | None = typer.Option(None, "--config", help="TOML/YAML file of training options."),
+    dataset: str | None = typer.Option(None, "--dataset", help="mnist, fashion-mnist, digits, ..."),
+    model: str | None = typer.Option(None, "--model", help="Model name."),
+    model_option: list[str] | None = typer.Option(None, "--model-option", "-o", help="Model option KEY=VALUE."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="sgd, momentum, nesterov, adam, ..."),
+    momentum: float | None = typer.Option(None, "--momentum", help="Momentum."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size."),
+    scaler: str | None = typer.Option(None, "--scaler", help="unit, symmetric, standard, mean-std."),
+    init: str | None = typer.Option(None, "--init", help="Weight init."),
+    train_subset: int | None = typer.Option(None, "--train-subset", help="Use N training images only."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, mps."),
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="First learning rate."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Last learning rate."),
+    num_iter: int = typer.Option(100, "--num-iter", help="Mini-batches of the test."),
+    out: str | None = typer.Option(None, "--out", help="Output folder (default runs/lr-find-MODEL-DATASET)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Learning-rate range test: plots loss against learning rate and suggests one.
+
+    As fastai's: the rate grows exponentially from --start-lr to --end-lr over --num-iter mini-batches, the
+    loss is smoothed, and the test stops once it exceeds 4x its best. Takes a run's config or train's options.
+    """
+    import json as json_
+
+    from digitlab.config import TrainConfig, load_config_file, recipe_config
+    from digitlab.models import parse_options
+    from digitlab.runs import resolve_run
+    from digitlab.studies import lr_find
+
+    if run is not None:
+        base = json_.loads((resolve_run(run) / "config.json").read_text(encoding="utf-8"))
+    else:
+        base = recipe_config(recipe or "fast").to_dict()
+    if config is not None:
+        base.update(load_config_file(config))
+    overrides = dict(dataset=dataset, model=model, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                     batch_size=batch_size, scaler=scaler, init=init, train_subset=train_subset, seed=seed,
+                     threads=threads, device=device)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if model_option:
+        base["model_options"] = {**(base.get("model_options") or {}), **parse_options(model_option)}
+    result = lr_find(TrainConfig.from_dict(base), start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, out=out,
+                     progress="quiet" if as_json else "rich")
+    if as_json:
+        print_json(result.to_dict())

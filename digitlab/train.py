@@ -90,6 +90,24 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     raise ConfigError(f"Unknown schedule '{config.schedule}'.")
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to train in bf16 autocast: always for 'bf16', never for 'fp32'; 'auto' only where it is fast
+    (a CPU with native bf16 such as AVX512-BF16 or AMX, or a CUDA GPU that supports it)."""
+    if precision == "bf16":
+        return True
+    if precision != "auto":
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        native = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+            cpu, "_is_amx_tile_supported", lambda: False
+        )()
+        return bool(native and torch.backends.mkldnn.is_available())
+    return False
+
+
 # --- batched augmentation ---------------------------------------------------------------------
 
 
@@ -408,6 +426,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model.parameters())
     step_fn = torch.compile(model) if config.compile else model
+    bf16 = use_bf16(config.precision, device)
 
     n = len(xs["train"])
     steps_per_epoch = math.ceil(n / config.batch_size)
@@ -479,7 +498,9 @@ def train(
                     lr = lr_at(config, step, steps_per_epoch)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
-                    logits = step_fn(scale(xb))
+                    # Autocast runs convolutions and matmuls in bf16; weights, optimizer and loss stay fp32.
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        logits = step_fn(scale(xb)).float()
                     loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
                     reg = getattr(model, "regularization_loss", None)
                     total = loss + reg() if reg is not None else loss

@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +37,8 @@ LOG_SCALE = ("lr", "weight_decay")
 _NOT_SEARCHABLE = ("data_dir", "name", "runs_dir", "recipe", "model_options", "betas", "resume", "report",
                    "tensorboard", "threads", "device")
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)} - set(_NOT_SEARCHABLE)
-# Median pruning: no trial is pruned before this many trials finished, nor before this epoch.
+# Median pruning: no trial is pruned before this many trials finished, nor before it has this many
+# epochs of validation accuracy to compare.
 PRUNER_STARTUP_TRIALS = 4
 PRUNER_WARMUP_EPOCHS = 2
 
@@ -345,6 +347,45 @@ def _read_table_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def build_search(
+    preset: str | None = None,
+    space_file: str | Path | None = None,
+    space_options: dict[str, Any] | None = None,
+    recipe: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[SearchSpace, TrainConfig]:
+    """The search space and base config of a ``digitlab tune`` command line.
+
+    Later sources win: the preset, then the space file's ``[space]`` and ``[train]`` tables, then the
+    options. The base starts from ``recipe`` (default: the preset's, else ``fast``); ``config_file``
+    is a ``digitlab train --config`` file of base fields.
+    """
+    from digitlab.config import RECIPES, load_config_file
+
+    space = SearchSpace()
+    base_fields: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"Unknown tuning preset '{preset}': choose one of {', '.join(PRESETS)}.")
+        space = SearchSpace.from_dict(PRESETS[preset].space)
+        base_fields.update(PRESETS[preset].overrides)
+        recipe = recipe or PRESETS[preset].recipe
+    if config_file is not None:
+        base_fields.update(load_config_file(config_file))
+    if space_file is not None:
+        file_space, file_train = load_space_file(space_file)
+        space = space.merged(file_space)
+        base_fields.update(file_train)
+    space = space.merged({k: v for k, v in (space_options or {}).items() if v is not None})
+    base_fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    recipe = recipe or base_fields.pop("recipe", None) or "fast"
+    base_fields.pop("recipe", None)
+    if recipe not in RECIPES:
+        raise ConfigError(f"Unknown recipe '{recipe}': choose one of {', '.join(RECIPES)}.")
+    return space, TrainConfig.from_dict({**recipe_config(recipe).to_dict(), **base_fields, "recipe": recipe})
+
+
 # --- the result ----------------------------------------------------------------------------------
 
 
@@ -388,7 +429,7 @@ class _Reporter:
 
             self.console = Console()
 
-    def event(self, kind: str, **data: Any) -> None:
+    def event(self, kind: str, /, **data: Any) -> None:
         if self.mode == "json":
             import sys
 
@@ -427,7 +468,7 @@ def _fmt(v: Any) -> str:
 
 
 def _trial_row(t: Any) -> dict[str, Any]:
-    seconds = t.duration.total_seconds() if t.duration is not None else float("nan")
+    seconds = t.duration.total_seconds() if t.duration is not None else None  # None: still running
     return {
         "number": t.number,
         "state": t.state.name,
@@ -470,12 +511,24 @@ def _make_sampler(name: str, space: SearchSpace, seed: int | None, grid_points: 
     raise ConfigError(f"Unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}.")
 
 
-def _open_study(url: str, name: str, sampler: Any, pruner: Any) -> Any:
+def _open_study(url: str, name: str, sampler: Any, pruner: Any, attempts: int = 6) -> Any:
     import optuna
 
-    try:
+    def create() -> Any:
         return optuna.create_study(storage=url, study_name=name, sampler=sampler, pruner=pruner,
                                    direction="maximize", load_if_exists=True)
+
+    try:
+        for attempt in range(attempts - 1):
+            try:
+                return create()
+            except Exception as exc:  # noqa: BLE001 - sorted out below
+                # Workers starting together on a new database race to create its tables; the loser
+                # gets a database error and finds the tables there when it tries again.
+                if not type(exc).__module__.startswith("sqlalchemy"):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        return create()
     except ValueError as exc:  # e.g. an existing study that minimizes
         raise ConfigError(f"Study '{name}' in {_hide_password(url)} cannot be used ({exc}): pick another --study.") \
             from exc
@@ -520,9 +573,11 @@ def _objective(space: SearchSpace, base: TrainConfig, tmp_root: Path, prune: boo
             raise
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
+        # A pruned run stops early in the next epoch; that partial epoch's row is not a real epoch.
+        history = run.history[:reported] if pruned else run.history
         keep = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
-        trial.set_user_attr("history", [{k: row.get(k) for k in keep} for row in run.history])
-        trial.set_user_attr("epochs", len(run.history))
+        trial.set_user_attr("history", [{k: row.get(k) for k in keep} for row in history])
+        trial.set_user_attr("epochs", len(history))
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {reported}")
         for i in range(reported, len(run.history)):  # the last epoch, which no callback saw
@@ -567,7 +622,7 @@ def tune(
     space = SearchSpace.from_dict(space)
     validate(base)
     space.check(base)
-    if base.split == "none" or base.val_size <= 0 and base.split == "default":
+    if base.split == "none" or (base.val_size <= 0 and base.split == "default"):
         raise ConfigError("Tuning needs a validation split to score trials: use --split default (or a notebook "
                           "split), not 'none'.")
     if sampler not in SAMPLERS:
@@ -648,6 +703,13 @@ def _summarize(study: Any, tune_dir: Path, url: str, new_trials: list[int], fina
         )
     best = study.best_trial
     final_run, test_acc = None, None
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if final and running and new_trials:
+        # Other workers are still searching: the best may change, so only the last worker to finish
+        # (or a later call with n_trials=0) looks at the test set.
+        final = False
+        notes.append(f"{len(running)} trial(s) of other workers are still running: the last worker to finish "
+                     "retrains and tests the best trial (or run the command again with --n-trials 0).")
     if final:
         final_run, test_acc = _final_run(study, best, tune_dir, reporter)
     else:
@@ -705,8 +767,9 @@ def _write_trials_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.writer(buf)
     writer.writerow(["number", "state", "val_acc", "epochs", "seconds", *params, "error"])
     for r in rows:
-        writer.writerow([r["number"], r["state"], "" if r["value"] is None else r["value"], r["epochs"],
-                         f"{r['seconds']:.2f}", *[r["params"].get(p, "") for p in params], r["error"] or ""])
+        seconds = "" if r["seconds"] is None else f"{r['seconds']:.2f}"
+        writer.writerow([r["number"], r["state"], "" if r["value"] is None else r["value"], r["epochs"], seconds,
+                         *[r["params"].get(p, "") for p in params], r["error"] or ""])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -789,6 +852,7 @@ def trials_table(result: TuneResult, limit: int = 50) -> Any:
             else f"{r['value']:.4f}"
         table.add_row(
             str(r["number"]), r["state"].lower(), f"[bold green]{value}[/]" if best else value, str(r["epochs"]),
-            f"{r['seconds']:.1f}", "  ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()),
+            "" if r["seconds"] is None else f"{r['seconds']:.1f}",
+            "  ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()),
         )
     return table
