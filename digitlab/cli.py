@@ -556,3 +556,91 @@ def lr_find_command(
                      progress="quiet" if as_json else "rich")
     if as_json:
         print_json(result.to_dict())
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+bench_app = typer.Typer(
+    help="Benchmarks: time to accuracy against reference recipes, inference speed, robustness.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train_command(
+    quick: bool = typer.Option(False, "--quick", help="A smoke run in about a minute: capped references, low "
+                               "targets, a training subset."),
+    recipes: str | None = typer.Option(
+        None, "--recipes", help="Comma list of fast, best, pytorch-example, pytorch-example-dataloader, "
+        "keras-convnet (default: all)."
+    ),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per recipe; times and accuracies are medians."),
+    max_seconds: float | None = typer.Option(
+        None, "--max-seconds-per-recipe", help="Stop a recipe after this many training seconds."
+    ),
+    command: bool = typer.Option(True, "--command/--no-command", help="Also time the whole 'digitlab train'."),
+    out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train digitlab's recipes and the reference recipes side by side; seconds to 98/99/99.5% test accuracy."""
+    from digitlab.bench import bench_train, print_train
+    from digitlab.utils import atomic_write_json
+
+    keys = [r.strip() for r in recipes.split(",") if r.strip()] if recipes else None
+
+    def progress(r: dict) -> None:
+        if not as_json:
+            reached = ", ".join(f"{float(t) * 100:.1f}%: {'-' if s is None else f'{s:.1f}s'}"
+                                for t, s in r["seconds_to"].items())
+            err_console.print(f"[dim]{r['recipe']} done ({reached})[/]", highlight=False)
+
+    result = bench_train(keys, quick=quick, seeds=seeds, max_seconds_per_recipe=max_seconds, command=command,
+                         on_result=progress)
+    if out:
+        atomic_write_json(out, result)
+    if as_json:
+        print_json(result)
+    else:
+        print_train(result, console)
+
+
+@bench_app.command("predict")
+@user_errors
+def bench_predict_command(
+    run: str = typer.Argument("latest", help="Run folder or name ('latest': the newest run)."),
+    batch_size: int = typer.Option(4096, "--batch-size", help="Batch size of the batched measurement."),
+    repeats: int = typer.Option(5, "--repeats", help="Passes over the test set (the median counts)."),
+    latency_samples: int = typer.Option(300, "--latency-samples", help="Single images timed one by one."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Inference speed of a run through Predictor: images/second batched and single-image latency."""
+    from digitlab.bench import bench_predict, print_predict
+    from digitlab.utils import set_threads
+
+    set_threads(threads)
+    result = bench_predict(run, batch_size=batch_size, repeats=repeats, latency_samples=latency_samples)
+    if as_json:
+        print_json(result)
+    else:
+        print_predict(result, console)
+
+
+@bench_app.command("robust")
+@user_errors
+def bench_robust_command(
+    runs: list[str] = typer.Argument(..., help="Run folder(s) or name(s); several runs are averaged (ensemble)."),
+    tta: bool = typer.Option(False, "--tta", help="Average over 1-pixel shifts (test-time augmentation)."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N test images."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Accuracy on transformed MNIST test digits: rotated, slanted, thicker, thinner, scaled, off-centre."""
+    from digitlab.bench import bench_robust, print_robust
+
+    result = bench_robust(runs, tta=tta, limit=limit)
+    if as_json:
+        print_json(result)
+    else:
+        print_robust(result, console)

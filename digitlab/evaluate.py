@@ -241,24 +241,24 @@ def format_report(metrics: dict, max_pairs: int = 10) -> str:
     lines.append(f"ECE:       {metrics['ece']:.2%}  (expected calibration error, {len(metrics['reliability'])} bins)")
     lines.append("")
 
-    # The same layout as scikit-learn's text classification report.
+    # Exactly scikit-learn's text classification report (digits=4), rebuilt from the dict.
     report = metrics["report"]
-    names = [c for c in metrics["classes"]]
+    names = list(metrics["classes"])
     averages = [a for a in ("macro avg", "weighted avg") if a in report]
-    width = max(len(name) for name in [*names, *averages])
+    width = max(len("weighted avg"), *(len(name) for name in names))
     headers = ["precision", "recall", "f1-score", "support"]
-    lines.append(" " * width + "".join(f"{h:>10}" for h in headers))
+    lines.append(f"{'':>{width}} " + "".join(f" {h:>9}" for h in headers))
     lines.append("")
 
     def row(name: str, r: dict) -> str:
-        values = "".join(f"{r[h]:>10.4f}" for h in headers[:3])
-        return f"{name:>{width}}{values}{r['support']:>10}"
+        values = "".join(f" {r[h]:>9.4f}" for h in headers[:3])
+        return f"{name:>{width}} {values} {r['support']:>9}"
 
     lines.extend(row(name, report[name]) for name in names)
     lines.append("")
     if "accuracy" in report:
         support = report[averages[0]]["support"] if averages else metrics["n"]
-        lines.append(f"{'accuracy':>{width}}{'':>20}{report['accuracy']:>10.4f}{support:>10}")
+        lines.append(f"{'accuracy':>{width}} {'':>20} {report['accuracy']:>9.4f} {support:>9}")
     lines.extend(row(name, report[name]) for name in averages)
 
     pairs = metrics.get("most_confused", [])[:max_pairs]

@@ -632,23 +632,31 @@ def _resnet50_padded(
 
 @register_model(
     "fast",
-    "Small BN CNN for speed: 5x5 stride-2 stem, conv + pool, conv, global max-pool (widths w, 2w, 4w).",
+    "Small BN CNN for speed: 5x5 stride-2 stem, conv + pool, wide conv, global max-pool (widths w, 2w, top*w).",
 )
-def _fast(input_shape: tuple[int, int, int], num_classes: int, *, width: int = 16, dropout: float = 0.0) -> nn.Module:
-    _check("fast", width >= 1, f"width={width} must be at least 1.")
+def _fast(
+    input_shape: tuple[int, int, int], num_classes: int, *, width: int = 16, top: int = 8, dropout: float = 0.0
+) -> nn.Module:
+    _check("fast", width >= 1 and top >= 1, f"width={width} and top={top} must be at least 1.")
     _check("fast", 0.0 <= dropout < 1.0, f"dropout={dropout} must be in [0, 1).")
     s = _Stack("fast", input_shape)
-    # Why the stride-2 stem: on 2 CPU cores memory traffic, not FLOPs, dominates; a full-resolution
-    # first layer (28x28 x width maps, then BN, ReLU and pooling over them) costs more than the rest.
+    # Why this shape: on 2 CPU cores memory traffic, not FLOPs, dominates. The stride-2 stem avoids
+    # full-resolution maps; the second conv is max-pooled *before* its BatchNorm and ReLU, so those
+    # memory-bound passes run on a quarter of the pixels; the last conv is the wide one because at
+    # 7x7 extra channels are cheap (measured: top=8 costs 1.35x top=4 and is more accurate and robust).
+    # Channel counts are multiples of 16, which oneDNN's bf16 kernels handle fastest.
     s.conv("conv1", width, k=5, stride=2, padding=2, bn=True)
-    s.conv("conv2", 2 * width, padding=1, bn=True)
+    s.add("conv2", nn.Conv2d(s.c, 2 * width, 3, padding=1, bias=False))
+    s.c = 2 * width
     s.pool("pool2")
-    s.conv("conv3", 4 * width, padding=1, bn=True)
+    s.add("bn2", nn.BatchNorm2d(s.c))
+    s.add("relu2", nn.ReLU(inplace=True))
+    s.conv("conv3", top * width, padding=1, bn=True)
     s.add("pool3", nn.AdaptiveMaxPool2d(1))
     s.add("flatten", nn.Flatten())
     if dropout > 0:
         s.add("dropout", nn.Dropout(dropout))
-    s.add("out", nn.Linear(4 * width, num_classes))
+    s.add("out", nn.Linear(top * width, num_classes))
     return nn.Sequential(s.layers)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
@@ -49,6 +50,16 @@ def _column(history: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
+def _rotate_long_labels(ax: Any, names: Sequence[str], angle: float) -> None:
+    """Slant the x tick labels when side by side they would run into each other."""
+    if max(len(str(n)) for n in names) * len(names) <= 40:
+        return
+    for label in ax.get_xticklabels():
+        label.set_rotation(angle)
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
+
+
 def _prob(p: float) -> str:
     """Two decimals, except tiny probabilities, which would all read 0.00."""
     return f"{p:.2f}" if p >= 0.01 or p == 0 else f"{p:.0e}"
@@ -59,15 +70,60 @@ def _is_accuracy(metric: str) -> bool:
 
 
 def _images(images: Any) -> np.ndarray:
-    """(N,H,W), (N,1,H,W) or (N,H,W,3) arrays or tensors to numpy (N,H,W[,3])."""
+    """(N,H,W), (N,1,H,W), (N,H,W,3|4) arrays or tensors, or one (H,W) image, to numpy (N,H,W[,C])."""
     arr = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)
     if arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim not in (3, 4):
-        raise ValueError(f"images must be N x H x W (or N x 1 x H x W), got shape {arr.shape}")
+    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[3] not in (3, 4)):
+        raise ValueError(f"images must be N x H x W (or N x 1 x H x W, or N x H x W x 3|4), got shape {arr.shape}")
     return arr
+
+
+def to_rgba(images: Any, cmap: str = "gray", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Grey images (N,H,W) through a colour map to RGBA floats (N,H,W,4); colour images pass through.
+
+    ``vmin``/``vmax`` shared by all images; when both are None each image is stretched on its own
+    (uint8 images always on 0..255).
+    """
+    arr = _images(images)
+    if arr.ndim == 4:
+        rgba = arr.astype(np.float64) / (255.0 if arr.dtype == np.uint8 else 1.0)
+        if rgba.shape[3] == 3:
+            rgba = np.concatenate([rgba, np.ones(rgba.shape[:3] + (1,))], axis=3)
+        return np.clip(rgba, 0.0, 1.0)
+    if arr.dtype == np.uint8 and vmin is None and vmax is None:
+        vmin, vmax = 0, 255
+    values = arr.astype(np.float64)
+    if vmin is None and vmax is None:
+        lo = np.nanmin(values, axis=(1, 2), keepdims=True)
+        hi = np.nanmax(values, axis=(1, 2), keepdims=True)
+    else:
+        lo = np.nanmin(values) if vmin is None else vmin
+        hi = np.nanmax(values) if vmax is None else vmax
+    span = np.where(np.asarray(hi - lo) > 0, hi - lo, 1.0)
+    return colormaps[cmap]((values - lo) / span)
+
+
+def mosaic(tiles: np.ndarray, ncols: int, gap: int = 2, title_gap: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """RGBA tiles (N,h,w,4) laid out in one transparent RGBA canvas, ``ncols`` per row.
+
+    ``gap`` pixels separate tiles; ``title_gap`` extra pixels above each row leave room for titles.
+    Returns the canvas and the (top, left) pixel of each tile. One image of many tiles draws far
+    faster than one matplotlib Axes per tile (0.1 s instead of 0.6-1 s for 36 digits).
+    """
+    n, h, w = tiles.shape[:3]
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    row_h, col_w = h + gap + title_gap, w + gap
+    canvas = np.zeros((nrows * row_h - gap, ncols * col_w - gap, 4))
+    origins = []
+    for i in range(n):
+        top, left = (i // ncols) * row_h + title_gap, (i % ncols) * col_w
+        canvas[top : top + h, left : left + w] = tiles[i]
+        origins.append((top, left))
+    return canvas, origins
 
 
 def image_grid(
@@ -75,20 +131,24 @@ def image_grid(
     titles: Sequence[str] | None,
     path: str | Path,
     ncols: int = 10,
-    cmap: str = "gray",
+    cmap: str | Sequence[str] = "gray",
     suptitle: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
     colorbar: bool = False,
     title_colors: Sequence[str] | None = None,
     colorbar_label: str | None = None,
+    alphas: Sequence[float] | None = None,
+    cell: float = 1.25,
+    colorbar_extend: str = "neither",
 ) -> Path:
     """A grid of images with optional titles (one per image, may hold line breaks).
 
     Scaling: uint8 images are shown on 0..255; with ``vmin``/``vmax`` or ``colorbar`` all images
-    share one scale (the explain module's weight masks pass a symmetric range and a diverging
-    ``cmap``, with one colour bar for the whole grid); otherwise each float image is stretched
-    on its own.
+    share one scale (weight masks pass a symmetric range and a diverging ``cmap``, with one colour
+    bar for the whole grid); otherwise each float image is stretched on its own. ``cmap`` may be one
+    colour map per image, ``alphas`` one opacity per image (notebook 000's active features), and
+    ``cell`` is the width of one image in inches. Colour (N,H,W,3|4) images are shown as they are.
     """
     arr = _images(images)
     n = len(arr)
@@ -96,38 +156,50 @@ def image_grid(
         raise ValueError("image_grid needs at least one image")
     if titles is not None and len(titles) != n:
         raise ValueError(f"{n} images but {len(titles)} titles")
-    if arr.dtype == np.uint8 and vmin is None and vmax is None:
+    cmaps = [cmap] * n if isinstance(cmap, str) else list(cmap)
+    if len(cmaps) != n or (alphas is not None and len(alphas) != n):
+        raise ValueError(f"{n} images need {n} colour maps and alphas")
+    if arr.dtype == np.uint8 and vmin is None and vmax is None and arr.ndim == 3:
         vmin, vmax = 0, 255
     elif colorbar and vmin is None and vmax is None:
         vmin, vmax = float(np.nanmin(arr)), float(np.nanmax(arr))
-    shared = vmin is not None or vmax is not None
+    tiles = np.concatenate([to_rgba(arr[i : i + 1], cmaps[i], vmin, vmax) for i in range(n)])
+    if alphas is not None:
+        tiles[..., 3] *= np.clip(np.asarray(alphas, dtype=np.float64), 0.0, 1.0)[:, None, None]
 
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    title_lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
-    cell_w = 1.15 if not titles else 1.55
-    cell_h = cell_w + 0.17 * title_lines
-    width = ncols * cell_w + (1.0 if colorbar else 0.0)
-    height = nrows * cell_h + (0.45 if suptitle else 0.0)
-    fig = Figure(figsize=(max(width, 3.0), max(height, 1.5)), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    mappable = None
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= n:
-            continue
-        im = ax.imshow(arr[i], cmap=cmap, vmin=vmin if shared else None, vmax=vmax if shared else None,
-                       interpolation="nearest")
-        mappable = mappable or im
-        if titles is not None:
+    h, w = arr.shape[1:3]
+    px = cell / w  # inches per image pixel
+    fontsize = 9 if cell >= 1.0 else 7
+    lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
+    title_gap = math.ceil(lines * fontsize * 1.3 / 72 / px) + 1 if lines else 0
+    gap = max(1, round(0.08 / px))
+    canvas, origins = mosaic(tiles, ncols, gap, title_gap)
+    canvas_w, canvas_h = canvas.shape[1] * px, canvas.shape[0] * px
+    top_in = 0.5 if suptitle else 0.08
+    right_in = 1.25 if colorbar else 0.08
+    # Wide enough for the suptitle (13 pt: about 0.1 inch a character) and never tiny.
+    fig_w = max(canvas_w + 0.08 + right_in, 0.1 * len(suptitle or "") + 0.3, 2.5)
+    fig_h = canvas_h + top_in + 0.08
+    left_in = (fig_w - canvas_w - right_in + 0.08) / 2
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((left_in / fig_w, 0.08 / fig_h, canvas_w / fig_w, canvas_h / fig_h))
+    ax.set_axis_off()
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    if titles is not None:
+        for i, (top, left) in enumerate(origins):
             color = title_colors[i] if title_colors is not None else "black"
-            ax.set_title(str(titles[i]), fontsize=9, color=color, linespacing=1.15)
-    if colorbar and mappable is not None:
-        cbar = fig.colorbar(mappable, ax=axes, shrink=0.85, aspect=30)
+            ax.text(left + w / 2 - 0.5, top - 1.0, str(titles[i]), ha="center", va="bottom", fontsize=fontsize,
+                    color=color, linespacing=1.1)
+    if colorbar:
+        bar_h = min(canvas_h * 0.85, max(canvas_h, 1.2))
+        cax = fig.add_axes(((left_in + canvas_w + 0.25) / fig_w, (0.08 + (canvas_h - bar_h) / 2) / fig_h,
+                            0.18 / fig_w, bar_h / fig_h))
+        mappable = ScalarMappable(Normalize(vmin, vmax), colormaps[cmaps[0]])
+        cbar = fig.colorbar(mappable, cax=cax, extend=colorbar_extend)
         if colorbar_label:
             cbar.set_label(colorbar_label)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=13)
+        fig.text(0.5, 1 - 0.12 / fig_h, suptitle, ha="center", va="top", fontsize=13)
     return _save(fig, path)
 
 
@@ -217,11 +289,7 @@ def confusion_matrix(
 
     ax.set_xticks(range(k), [str(c) for c in classes])
     ax.set_yticks(range(k), [str(c) for c in classes])
-    if max(len(str(c)) for c in classes) > 2:
-        for label in ax.get_xticklabels():
-            label.set_rotation(40)
-            label.set_horizontalalignment("right")
-            label.set_rotation_mode("anchor")
+    _rotate_long_labels(ax, classes, 40)
     ax.set_xlabel("Predicted label", fontsize=11)
     ax.set_ylabel("True label", fontsize=11)
     default = "Confusion matrix (share of each true class)" if normalize else "Confusion matrix (counts)"
@@ -299,7 +367,7 @@ def f1_bars(report: Mapping[str, Any], classes: Sequence[str], path: str | Path)
     width = 0.27
     colors = {"precision": "#9ecae1", "recall": "#6baed6", "f1-score": "#08519c"}
     for offset, key in zip((-width, 0.0, width), scores, strict=True):
-        ax.bar(x + offset, scores[key], width, label=key.replace("-score", ""), color=colors[key])
+        ax.bar(x + offset, scores[key], width, label="F1" if key == "f1-score" else key, color=colors[key])
     if k <= 20:
         for xi, f1 in zip(x, scores["f1-score"], strict=True):
             ax.text(xi + width, f1, f"{f1:.2f}", ha="center", va="bottom", fontsize=8, rotation=90)
@@ -310,11 +378,7 @@ def f1_bars(report: Mapping[str, Any], classes: Sequence[str], path: str | Path)
     bottom = max(0.0, math.floor((lowest - 0.05) * 10) / 10)
     ax.set_ylim(bottom, 1.04)
     ax.set_xticks(x, names)
-    if max(len(c) for c in names) > 2:
-        for label in ax.get_xticklabels():
-            label.set_rotation(30)
-            label.set_horizontalalignment("right")
-            label.set_rotation_mode("anchor")
+    _rotate_long_labels(ax, names, 30)
     ax.set_xlabel("Class")
     ax.set_ylabel("Score" + (f" (axis starts at {bottom:.1f})" if bottom > 0 else ""))
     ax.set_title("Precision, recall and F1 per class", fontsize=13)

@@ -142,10 +142,23 @@ def augment_batch(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) ->
         r = torch.rand(n, generator=gen).to(dev)
         thick = (r < config.aug_morph / 2).view(n, 1, 1, 1)
         thin = ((r >= config.aug_morph / 2) & (r < config.aug_morph)).view(n, 1, 1, 1)
-        dil = F.max_pool2d(out, 3, stride=1, padding=1)
-        ero = -F.max_pool2d(-out, 2, stride=1, padding=1)[..., :h, :w]
+        dil, ero = _dilate3(out), _erode2(out)
         out = torch.where(thick, 0.5 * (out + dil), torch.where(thin, 0.5 * (out + ero), out))
     return out
+
+
+# Grey-level dilation and erosion as maxima of shifted views: the same numbers as
+# F.max_pool2d(x, 3, 1, 1) and -F.max_pool2d(-x, 2, 1, 1)[..., :h, :w], ~15x faster on one channel.
+def _dilate3(x: torch.Tensor) -> torch.Tensor:
+    p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    rows = torch.maximum(torch.maximum(p[..., :, :-2], p[..., :, 1:-1]), p[..., :, 2:])
+    return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
+def _erode2(x: torch.Tensor) -> torch.Tensor:
+    p = F.pad(x, (1, 0, 1, 0), value=float("inf"))
+    rows = torch.minimum(p[..., :, :-1], p[..., :, 1:])
+    return torch.minimum(rows[..., :-1, :], rows[..., 1:, :])
 
 
 # --- state of a run ---------------------------------------------------------------------------
@@ -580,6 +593,9 @@ def train(
     return _finish(run_dir, config, ds, sp, model, scaler, xs, ys, scale, history, train_seconds, reporter)
 
 
+FINAL_TRAIN_EVAL = 10_000  # training images scored for metrics.json (a fixed random sample)
+
+
 def _finish(run_dir, config, ds, sp, model, scaler, xs, ys, scale, history, train_seconds, reporter) -> Run:  # noqa: ANN001
     """Final metrics on every split, the saved model, figures and the report."""
     from digitlab.evaluate import choose_threshold, evaluate_predictions
@@ -588,12 +604,18 @@ def _finish(run_dir, config, ds, sp, model, scaler, xs, ys, scale, history, trai
     metrics: dict[str, Any] = {"train_seconds": train_seconds, "epochs": len(history)}
     probs_by_split = {}
     for name in ("train", "val", "test"):
-        if len(xs[name]) == 0:
+        x, y = xs[name], ys[name]
+        if len(x) == 0:
             continue
-        probs = predict_proba(model, xs[name], scale, config.eval_batch_size)
+        if name == "train" and len(x) > FINAL_TRAIN_EVAL:
+            # The training-set figures come from a fixed sample: a pass over all 55,000-60,000 images
+            # cost as much as the whole fast recipe's training. 'size' says how many were used.
+            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:FINAL_TRAIN_EVAL].to(x.device)
+            x, y = x[keep], y[keep]
+        probs = predict_proba(model, x, scale, config.eval_batch_size)
         probs_by_split[name] = probs
-        loss, acc = _loss_acc(probs, ys[name])
-        metrics[name] = {"accuracy": acc, "loss": loss, "size": len(ys[name])}
+        loss, acc = _loss_acc(probs, y)
+        metrics[name] = {"accuracy": acc, "loss": loss, "size": len(y)}
     test_probs = probs_by_split["test"].cpu().numpy()
     full = evaluate_predictions(sp.test_y, test_probs, ds.classes)
     metrics["test"].update({k: v for k, v in full.items() if k not in ("accuracy",)})

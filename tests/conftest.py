@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist each worker gets one thread: two workers with two OpenMP threads each on two
+# cores spin against each other and run many times slower than either alone.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "datasets"
 
