@@ -161,13 +161,15 @@ def _test_accuracy_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def _run_engine(
-    entry: BenchEntry, seed: int, targets: Sequence[float], max_seconds: float | None, quick: bool, runs_dir: Path
+    entry: BenchEntry, seed: int, targets: Sequence[float], max_seconds: float | None, quick: bool, runs_dir: Path,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     from digitlab.config import recipe_config
     from digitlab.data import load_dataset
     from digitlab.train import train
 
-    overrides: dict[str, Any] = dict(seed=seed, runs_dir=str(runs_dir), report=False, name=f"{entry.recipe}-{seed}")
+    overrides: dict[str, Any] = dict(seed=seed, runs_dir=str(runs_dir), report=False, name=f"{entry.recipe}-{seed}",
+                                     threads=threads)
     if entry.reference:
         overrides["precision"] = "fp32"  # as the originals run
     if quick:
@@ -351,12 +353,14 @@ def bench_train(
     max_seconds_per_recipe: float | None = None,
     command: bool = True,
     targets: Sequence[float] | None = None,
+    threads: int | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train each recipe (median over ``seeds`` seeds) and time it to the accuracy targets on the test set.
 
     ``quick`` caps the references at a few hundred steps on a subset with low targets (a smoke check in
     under a minute). ``command`` also times the whole ``digitlab train`` command as a subprocess.
+    ``threads`` fixes the CPU threads of every recipe (default: all cores).
     """
     keys = list(recipes or DEFAULT_RECIPES)
     unknown = [k for k in keys if k not in ENTRIES]
@@ -367,6 +371,9 @@ def bench_train(
     if max_seconds_per_recipe is not None and max_seconds_per_recipe <= 0:
         raise ConfigError(f"--max-seconds-per-recipe must be positive, got {max_seconds_per_recipe}.")
     targets = tuple(targets or (QUICK_TARGETS if quick else TARGETS))
+    from digitlab.utils import set_threads
+
+    set_threads(threads)  # the DataLoader recipe and the measurements outside the engine
     out: dict[str, Any] = {"machine": machine_info(), "quick": quick, "targets": list(targets),
                            "max_seconds_per_recipe": max_seconds_per_recipe, "recipes": {}}
     t_all = time.perf_counter()
@@ -378,7 +385,7 @@ def bench_train(
                 if entry.loader == "dataloader":
                     runs.append(_run_dataloader(entry, seed, targets, max_seconds_per_recipe, quick))
                 else:
-                    runs.append(_run_engine(entry, seed, targets, max_seconds_per_recipe, quick, Path(tmp)))
+                    runs.append(_run_engine(entry, seed, targets, max_seconds_per_recipe, quick, Path(tmp), threads))
             out["recipes"][key] = _summarize(key, runs, targets)
             if on_result is not None:
                 on_result(out["recipes"][key])
@@ -386,7 +393,8 @@ def bench_train(
     if "fast" in keys:
         out["compute_floor"] = compute_floor("fast")
     if command:
-        out["train_command"] = time_train_command(["--train-subset", str(QUICK_SUBSET)] if quick else [])
+        args = ["--train-subset", str(QUICK_SUBSET)] if quick else []
+        out["train_command"] = time_train_command(args + (["--threads", str(threads)] if threads else []))
     out["bench_seconds"] = time.perf_counter() - t_all
     out["machine"]["load_average_end"] = machine_info()["load_average"]
     return out

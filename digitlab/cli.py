@@ -581,6 +581,7 @@ def bench_train_command(
         None, "--max-seconds-per-recipe", help="Stop a recipe after this many training seconds."
     ),
     command: bool = typer.Option(True, "--command/--no-command", help="Also time the whole 'digitlab train'."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads of every recipe (default: all cores)."),
     out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -597,7 +598,7 @@ def bench_train_command(
             err_console.print(f"[dim]{r['recipe']} done ({reached})[/]", highlight=False)
 
     result = bench_train(keys, quick=quick, seeds=seeds, max_seconds_per_recipe=max_seconds, command=command,
-                         on_result=progress)
+                         threads=threads, on_result=progress)
     if out:
         atomic_write_json(out, result)
     if as_json:
@@ -644,3 +645,266 @@ def bench_robust_command(
         print_json(result)
     else:
         print_robust(result, console)
+
+
+# --- evaluate, report, compare, explain (digitlab.evaluate, digitlab.report, digitlab.explain) -----------
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_command(
+    run: str = typer.Argument(..., help="Run folder or name under the runs folder ('latest': the newest)."),
+    split: str = typer.Option("test", "--split", help="test, val or train (rebuilt from the run's config)."),
+    as_json: bool = typer.Option(False, "--json", help="Print every metric as JSON."),
+    tta: bool = typer.Option(False, "--tta", help="Average over 1-pixel shifts (test-time augmentation)."),
+    out: str | None = typer.Option(None, "--out", help="Folder for the figures (default: RUN/figures)."),
+) -> None:
+    """Accuracy, top-k, log loss, per-class report, confusion matrix, most-confused pairs, calibration and
+    the hardest examples of a saved run; writes the evaluation figures."""
+    from pathlib import Path
+
+    from digitlab.evaluate import evaluate_run, format_report
+
+    metrics = evaluate_run(run, split=split, tta=tta, out=out)
+    if as_json:
+        print_json(metrics)
+        return
+    console.print(f"[bold]{metrics['run']}[/] on the {split} set" + (" with shift TTA" if tta else ""), highlight=False)
+    console.print(format_report(metrics), markup=False, highlight=False)
+    hard = metrics["hardest"][:5]
+    if hard:
+        classes = metrics["classes"]
+        console.print("\nhardest examples (index: true -> predicted, p(true)):", highlight=False)
+        for h in hard:
+            console.print(f"  #{h['index']}: {classes[h['true']]} -> {classes[h['pred']]}, {h['prob_true']:.2g}",
+                          highlight=False)
+    if metrics["recorded_accuracy"] is not None and not tta:
+        same = "matches" if metrics["matches_recorded"] else "DIFFERS FROM"
+        console.print(f"\naccuracy {same} the {metrics['recorded_accuracy']:.4f} recorded at training time",
+                      highlight=False)
+    if metrics.get("figures"):
+        console.print(f"figures: {Path(next(iter(metrics['figures'].values()))).parent}", highlight=False)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    run: str = typer.Argument(..., help="Run folder or name under the runs folder ('latest': the newest)."),
+    out: str | None = typer.Option(None, "--out", help="Where to write the HTML (default: RUN/report.html)."),
+) -> None:
+    """Rebuild a run's self-contained report.html (figures embedded, no network needed to view it)."""
+    from digitlab.report import write_report
+
+    path = write_report(run, out=out)
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    runs: list[str] | None = typer.Argument(None, help="Runs to compare (default: every run in the runs folder)."),
+    runs_dir: str | None = typer.Option(None, "--runs-dir", help="Folder of run folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print the leaderboard as CSV."),
+    out: str | None = typer.Option(None, "--out", help="PNG of the validation curves (default: RUNS_DIR/compare.png)."),
+) -> None:
+    """A leaderboard of runs sorted by test accuracy, and one plot overlaying their validation curves."""
+    from rich.table import Table
+
+    from digitlab.report import compare, leaderboard_csv
+
+    result = compare(runs or None, runs_dir=runs_dir, out=out)
+    if as_json:
+        print_json(result)
+        return
+    if as_csv:
+        sys.stdout.write(leaderboard_csv(result["runs"]))
+        return
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.2f}%"
+
+    from rich import box
+
+    table = Table(title="Runs by test accuracy", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, justify in (("run", "left"), ("model", "left"), ("params", "right"), ("epochs", "right"),
+                         ("train s", "right"), ("val acc", "right"), ("test acc", "right"), ("macro F1", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for r in result["runs"]:
+        table.add_row(
+            r["name"], str(r["model"]), "–" if r["parameters"] is None else f"{r['parameters']:,}", str(r["epochs"]),
+            "–" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}", pct(r["val_accuracy"]),
+            pct(r["test_accuracy"]), "–" if r["macro_f1"] is None else f"{r['macro_f1']:.4f}",
+        )
+    console.print(table)
+    if result["plot"]:
+        console.print(f"curves ({result['metric']}): {result['plot']}", highlight=False)
+
+
+@app.command("explain")
+@user_errors
+def explain_command(
+    run: str = typer.Argument(..., help="Run folder or name under the runs folder ('latest': the newest)."),
+    image: str = typer.Option("0", "--image", help="A test-set index, or the path of an image file."),
+    out: str | None = typer.Option(None, "--out", help="Folder for the figures (default: RUN/figures/explain)."),
+    as_json: bool = typer.Option(False, "--json", help="Print {figure: path} as JSON."),
+) -> None:
+    """What a model learned: class templates (logreg), feature masks and contributions (MLP), filters and
+    feature maps (CNN), and saliency (gradient x input, occlusion) for one image."""
+    from digitlab.explain import explain_run
+
+    figures = explain_run(run, image=image, out=out)
+    if as_json:
+        print_json({name: str(path) for name, path in figures.items()})
+        return
+    for name, path in figures.items():
+        console.print(f"{name:>16}: {path}", highlight=False)
+
+
+# --- predict, read, export (real images) --------------------------------------------------------
+
+
+def _top3(p: Any) -> str:
+    return " · ".join(f"{c} {q:.1%}" for c, q in p.top)
+
+
+@app.command("predict")
+@user_errors
+def predict_command(
+    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
+    images: list[str] = typer.Argument(..., help="Image files and/or folders (folders are read recursively)."),
+    as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows (file, class, confidence, unsure, top 3, error)."),
+    show: str | None = typer.Option(None, "--show", help="Write a contact sheet PNG: original, preprocessed, "
+                                    "probability bars (first 40 images)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Mark predictions below this confidence "
+                                           "'unsure' (default: the run's threshold, chosen on validation data)."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (onnxruntime)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images preprocessed and predicted per batch."),
+) -> None:
+    """Predict the class of image files the way MNIST was made: class, confidence, top 3, unsure flag.
+
+    A file that cannot be used is reported on its line and the others still get predictions; the
+    exit code is 0 when at least one image was predicted, 2 when none was."""
+    import csv
+
+    from digitlab.errors import ConfigError, ImageError
+    from digitlab.predict import Predictor, contact_sheet, expand_sources
+
+    if as_json and as_csv:
+        raise ConfigError("--json and --csv both ask for the output format; choose one.")
+    predictor = Predictor.from_run(run, threshold=threshold, runtime=runtime)
+    paths = expand_sources(images)
+    writer = csv.writer(sys.stdout) if as_csv else None
+    if writer is not None:
+        writer.writerow(["file", "class", "confidence", "unsure", "top2", "top2_probability", "top3",
+                         "top3_probability", "error"])
+    results = []
+    for r in predictor.predict_files(paths, batch_size=batch_size):
+        results.append(r)
+        if len(paths) == 1 and not r.ok:
+            break  # one file given and it failed: the error sentence below says it all
+        p = r.prediction
+        if writer is not None:
+            tops = [x for c, q in (p.top[1:3] if p else []) for x in (c, f"{q:.6f}")]
+            tops += [""] * (4 - len(tops))
+            writer.writerow([r.source, p.name if p else "", f"{p.confidence:.6f}" if p else "",
+                             p.unsure if p else "", *tops, r.error or ""])
+        elif not as_json:
+            if p is None:
+                console.print(f"{r.source}  [red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+            else:
+                flag = "  [bold yellow]unsure[/]" if p.unsure else ""
+                console.print(f"{r.source}  [bold]{p.name}[/]  {p.confidence:.1%}  (top 3: {_top3(p)}){flag}",
+                              highlight=False, soft_wrap=True)
+    ok = [r for r in results if r.ok]
+    if as_json and (ok or len(paths) > 1):
+        print_json([r.to_dict() for r in results])
+    if show and results:
+        contact_sheet(results, predictor.classes, show)
+        err_console.print(f"contact sheet: {show}", highlight=False)
+    if not ok:
+        if len(results) == 1:
+            raise ImageError(results[0].error or "The image could not be used.")
+        raise ImageError(f"None of the {len(results)} images could be used; see the error on each line.")
+    unsure = sum(r.prediction.unsure for r in ok)
+    if not (as_json or as_csv) and len(results) > 1:
+        err_console.print(f"{len(ok)} predicted ({unsure} unsure, threshold {predictor.threshold:.3f}), "
+                          f"{len(results) - len(ok)} unreadable", highlight=False)
+
+
+@app.command("read")
+@user_errors
+def read_command(
+    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
+    image: str | None = typer.Argument(None, help="Image of a field holding a row of 2 to 12 handwritten digits."),
+    as_json: bool = typer.Option(False, "--json", help="Print the reading (or the benchmark) as JSON."),
+    show: str | None = typer.Option(None, "--show", help="Write the field with boxes and readings as a PNG "
+                                    "(with --synthetic: a folder for the first examples)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Mark digits below this confidence unsure "
+                                           "(default: the run's threshold)."),
+    synthetic: int | None = typer.Option(None, "--synthetic", help="Instead of IMAGE: generate N fields from "
+                                         "MNIST test digits and print digit and field accuracy."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated fields (with --synthetic)."),
+) -> None:
+    """Read a field of handwritten digits (a check's date or amount): segment, classify each digit,
+    print the string with '?' at unsure positions, per-digit confidence and boxes."""
+    from digitlab.errors import ConfigError
+    from digitlab.predict import Predictor, read_field
+    from digitlab.utils import atomic_write
+
+    predictor = Predictor.from_run(run, threshold=threshold)
+    if synthetic is not None:
+        if image is not None:
+            raise ConfigError("Give either an IMAGE or --synthetic N, not both.")
+        if synthetic < 1:
+            raise ConfigError(f"--synthetic {synthetic} generates nothing; give a number of fields of 1 or more.")
+        from digitlab.fields import fields_benchmark
+
+        result = fields_benchmark(predictor, n=synthetic, seed=seed, save_examples=show)
+        if as_json:
+            print_json(result)
+            return
+        console.print(
+            f"{result['fields']} generated fields ({result['digits']} digits, seed {seed}): "
+            f"digit accuracy {result['digit_accuracy']:.2%}, field accuracy {result['field_accuracy']:.2%}, "
+            f"digit count right {result['count_accuracy']:.2%}; "
+            f"{result['fields_flagged_unsure']:.1%} of fields flagged unsure, "
+            f"the others read right {result['accuracy_of_unflagged_fields'] or 0:.2%}",
+            highlight=False, soft_wrap=True,
+        )
+        if show:
+            err_console.print(f"examples: {show}", highlight=False)
+        return
+    if image is None:
+        raise ConfigError("Give the IMAGE of a field to read, or --synthetic N to measure on generated fields.")
+    reading = read_field(predictor, image)
+    if show:
+        sheet = reading.draw(image)
+        atomic_write(show, lambda p: sheet.save(p, format="PNG"))
+    if as_json:
+        print_json({"file": image, **reading.to_dict()})
+        return
+    console.print(f"read [bold]{reading.marked}[/]  (best guess {reading.text}, field confidence "
+                  f"{reading.confidence:.1%}, threshold {reading.threshold:.3f})", highlight=False)
+    for i, d in enumerate(reading.digits):
+        flag = "  [bold yellow]unsure[/]" if d.unsure else ""
+        console.print(f"  {i + 1:>2}  {d.char}  {d.confidence:6.1%}  box {d.box}  (top 3: {_top3(d)}){flag}",
+                      highlight=False)
+    if show:
+        err_console.print(f"picture: {show}", highlight=False)
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
+    format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out: str | None = typer.Option(None, "--out", help="Output file (default: RUN/model.onnx or RUN/model.pt)."),
+) -> None:
+    """Export a run's model to ONNX or TorchScript, scaler included: input float32 pixels (N, H, W) in the
+    training data's range, outputs logits and probabilities."""
+    from digitlab.export import export_model
+
+    path = export_model(run, format=format, out=out)
+    console.print(f"wrote {path}", highlight=False)

@@ -9,6 +9,7 @@ class (notebook 000 swapped the arguments of ``confusion_matrix``; we do not).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -268,3 +269,131 @@ def format_report(metrics: dict, max_pairs: int = 10) -> str:
         name_width = max(len(str(t)) for t, _, _ in pairs)
         lines.extend(f"  {t:>{name_width}} -> {pr}: {count}" for t, pr, count in pairs)
     return "\n".join(lines)
+
+
+# --- a saved run ----------------------------------------------------------------------------------
+
+SPLITS = ("test", "val", "train")
+
+
+def split_arrays(splits: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, labels) of one part of a ``digitlab.data.Splits``."""
+    if split not in SPLITS:
+        from digitlab.errors import ConfigError
+
+        raise ConfigError(f"Unknown split '{split}': use one of {', '.join(SPLITS)}.")
+    return getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y")
+
+
+def run_splits(run: Any) -> Any:
+    """The ``digitlab.data.Splits`` of a run, rebuilt from its config.json exactly as training made them
+    (same dataset, scheme, validation size and seed 42; ``train_subset`` is not applied)."""
+    from digitlab.data import load_dataset
+    from digitlab.data import split as make_split
+    from digitlab.errors import RunError
+    from digitlab.runs import Run
+
+    run = run if isinstance(run, Run) else Run.load(run)
+    cfg = run.config
+    if "dataset" not in cfg:
+        raise RunError(f"Run '{run.path}' has no config.json with its dataset: it cannot be re-evaluated; retrain it.")
+    ds = load_dataset(cfg["dataset"], cfg.get("data_dir"))
+    return make_split(ds, cfg.get("split", "default"), cfg.get("val_size", 5000), seed=42)
+
+
+def load_split(run: Any, split: str = "test") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(uint8 images, labels, class names) of a run's ``split`` (see ``run_splits``). ``train`` is the
+    whole training split: a ``train_subset`` run saw only part of it."""
+    from digitlab.errors import ConfigError
+    from digitlab.runs import Run
+
+    run = run if isinstance(run, Run) else Run.load(run)
+    sp = run_splits(run)
+    x, y = split_arrays(sp, split)
+    if len(y) == 0:
+        raise ConfigError(f"Run '{run.name}' has no {split} set (split scheme '{sp.scheme}'): evaluate another split.")
+    return x, y, list(run.meta.get("classes") or sp.classes)
+
+
+def write_figures(
+    metrics: dict,
+    out: str | Path,
+    images: Any = None,
+    labels: Any = None,
+    probs: Any = None,
+    prefix: str = "",
+) -> dict[str, Path]:
+    """The evaluation figures of ``evaluate_predictions``' output as PNGs in ``out``: confusion matrix
+    (counts and row-normalized), per-class F1 and reliability; with the ``images`` also the hardest
+    examples, and with ``labels`` and ``probs`` a grid of sample predictions."""
+    from digitlab import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes, hard = metrics["classes"], metrics["hardest"]
+    figures = {
+        "confusion_matrix": plots.confusion_matrix(
+            metrics["confusion_matrix"], classes, out / f"{prefix}confusion_matrix.png"),
+        "confusion_matrix_normalized": plots.confusion_matrix(
+            metrics["confusion_matrix"], classes, out / f"{prefix}confusion_matrix_normalized.png", normalize=True),
+        "f1_per_class": plots.f1_bars(metrics["report"], classes, out / f"{prefix}f1_per_class.png"),
+        "reliability": plots.reliability_diagram(metrics["reliability"], metrics["ece"],
+                                                 out / f"{prefix}reliability.png"),
+    }
+    if images is not None:
+        images = np.asarray(images)
+        if hard:
+            figures["hardest_examples"] = plots.hardest_examples(
+                images[[h["index"] for h in hard]], [h["true"] for h in hard], [h["pred"] for h in hard],
+                [h["prob_true"] for h in hard], classes, out / f"{prefix}hardest_examples.png")
+        if labels is not None and probs is not None:
+            figures["predictions"] = plots.prediction_grid(
+                images, np.asarray(labels), np.asarray(probs).argmax(axis=1), classes, out / f"{prefix}predictions.png")
+    return figures
+
+
+def evaluate_run(
+    run: Any,
+    split: str = "test",
+    tta: bool = False,
+    out: str | Path | None = None,
+    figures: bool = True,
+) -> dict:
+    """Evaluate a saved run on one split of its data (rebuilt from config.json).
+
+    Returns ``evaluate_predictions``' dict plus ``run``, ``split``, ``tta``, ``recorded_accuracy``
+    (what training wrote to metrics.json for that split, None for train: training scores a sample),
+    ``matches_recorded`` (the same number of right answers) and ``figures`` ({name: PNG path}, in
+    ``out``, default RUN/figures; non-test splits get a ``val_``/``train_`` prefix).
+    ``tta`` averages over 1-pixel shifts (test-time augmentation).
+    """
+    from digitlab.predict import Predictor
+    from digitlab.runs import Run
+
+    if split not in SPLITS:
+        from digitlab.errors import ConfigError
+
+        raise ConfigError(f"Unknown split '{split}': use one of {', '.join(SPLITS)}.")
+    run = run if isinstance(run, Run) else Run.load(run)
+    x, y, classes = load_split(run, split)
+    predictor = Predictor.from_run(run.path)
+    if tta:
+        from digitlab.bench import shift_tta_proba
+
+        probs = shift_tta_proba(predictor.predict_proba, x)
+    else:
+        probs = predictor.predict_proba(x)
+    metrics = evaluate_predictions(y, probs, classes)
+    recorded = run.metrics.get(split, {}).get("accuracy") if split != "train" else None
+    # Training stores a float32 mean; the same predictions give the same count of right answers.
+    same = None if recorded is None else round(recorded * len(y)) == round(metrics["accuracy"] * len(y))
+    metrics.update({"run": str(run.path), "split": split, "tta": tta, "recorded_accuracy": recorded,
+                    "matches_recorded": same})
+    if figures:
+        prefix = "" if split == "test" else f"{split}_"
+        from digitlab.plots import for_display
+
+        images = for_display(x, float(run.meta.get("max_value", 255)))
+        written = write_figures(metrics, out or run.path / "figures", images, y, probs, prefix)
+        metrics["figures"] = {name: str(path) for name, path in written.items()}
+    return metrics

@@ -60,13 +60,39 @@ def _rotate_long_labels(ax: Any, names: Sequence[str], angle: float) -> None:
         label.set_rotation_mode("anchor")
 
 
+def _epoch_axis(ax: Any, epochs: np.ndarray) -> None:
+    """Whole epochs on the x axis; a run of one or a few epochs gets half an epoch of room each side
+    (a single point would otherwise sit on ticks like 0.995 and 1.005)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(epochs) and np.nanmax(epochs) - np.nanmin(epochs) < 4:
+        lo, hi = int(np.nanmin(epochs)), int(np.nanmax(epochs))
+        ax.set_xticks(range(lo, hi + 1))
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+
+
 def _prob(p: float) -> str:
-    """Two decimals, except tiny probabilities, which would all read 0.00."""
-    return f"{p:.2f}" if p >= 0.01 or p == 0 else f"{p:.0e}"
+    """Two significant digits, so that tiny probabilities do not all read 0.00 (3e-05, 0.0098, 0.45)."""
+    return f"{p:.2g}"
+
+
+def _margins(fig: Figure, left: float, right: float, top: float, bottom: float, **space: float) -> None:
+    """Fixed margins in inches. A layout engine would find them itself but costs a second draw,
+    about 0.1 s a figure, which matters for the report written at the end of every run."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, **space)
 
 
 def _is_accuracy(metric: str) -> bool:
     return metric.endswith("acc") or metric.endswith("accuracy")
+
+
+def for_display(images: Any, max_value: float = 255) -> np.ndarray:
+    """uint8 images whose full scale is ``max_value`` (16 for scikit-learn's 8x8 digits) stretched to
+    0..255, the scale the figures assume for uint8."""
+    arr = np.asarray(images)
+    if max_value == 255:
+        return arr
+    return np.clip(np.rint(arr.astype(np.float64) * (255.0 / max_value)), 0, 255).astype(np.uint8)
 
 
 def _images(images: Any) -> np.ndarray:
@@ -139,8 +165,9 @@ def image_grid(
     title_colors: Sequence[str] | None = None,
     colorbar_label: str | None = None,
     alphas: Sequence[float] | None = None,
-    cell: float = 1.25,
+    cell: float = 1.2,
     colorbar_extend: str = "neither",
+    gap: float = 0.08,
 ) -> Path:
     """A grid of images with optional titles (one per image, may hold line breaks).
 
@@ -148,7 +175,8 @@ def image_grid(
     share one scale (weight masks pass a symmetric range and a diverging ``cmap``, with one colour
     bar for the whole grid); otherwise each float image is stretched on its own. ``cmap`` may be one
     colour map per image, ``alphas`` one opacity per image (notebook 000's active features), and
-    ``cell`` is the width of one image in inches. Colour (N,H,W,3|4) images are shown as they are.
+    ``cell`` is the width of one image and ``gap`` the space between images, in inches. Colour
+    (N,H,W,3|4) images are shown as they are.
     """
     arr = _images(images)
     n = len(arr)
@@ -169,20 +197,21 @@ def image_grid(
 
     h, w = arr.shape[1:3]
     px = cell / w  # inches per image pixel
-    fontsize = 9 if cell >= 1.0 else 7
+    fontsize = 9 if cell >= 1.0 else 8
     lines = max((str(t).count("\n") + 1 for t in titles), default=0) if titles else 0
     title_gap = math.ceil(lines * fontsize * 1.3 / 72 / px) + 1 if lines else 0
-    gap = max(1, round(0.08 / px))
-    canvas, origins = mosaic(tiles, ncols, gap, title_gap)
+    canvas, origins = mosaic(tiles, ncols, max(1, round(gap / px)), title_gap)
     canvas_w, canvas_h = canvas.shape[1] * px, canvas.shape[0] * px
-    top_in = 0.5 if suptitle else 0.08
+    sup_lines = suptitle.split("\n") if suptitle else []
+    top_in = 0.3 + 0.22 * len(sup_lines) if sup_lines else 0.08
     right_in = 1.25 if colorbar else 0.08
     # Wide enough for the suptitle (13 pt: about 0.1 inch a character) and never tiny.
-    fig_w = max(canvas_w + 0.08 + right_in, 0.1 * len(suptitle or "") + 0.3, 2.5)
-    fig_h = canvas_h + top_in + 0.08
-    left_in = (fig_w - canvas_w - right_in + 0.08) / 2
+    fig_w = max(canvas_w + 0.08 + right_in, 0.1 * max(map(len, sup_lines), default=0) + 0.3, 2.5)
+    # A colour bar needs some height for its ticks and label, even beside a single row of images.
+    fig_h = max(canvas_h + top_in + 0.08, 2.4 if colorbar else 0.0)
+    left_in, bottom_in = (fig_w - canvas_w - right_in + 0.08) / 2, max(0.08, (fig_h - top_in - canvas_h) / 2)
     fig = Figure(figsize=(fig_w, fig_h))
-    ax = fig.add_axes((left_in / fig_w, 0.08 / fig_h, canvas_w / fig_w, canvas_h / fig_h))
+    ax = fig.add_axes((left_in / fig_w, bottom_in / fig_h, canvas_w / fig_w, canvas_h / fig_h))
     ax.set_axis_off()
     ax.imshow(canvas, interpolation="nearest", aspect="auto")
     if titles is not None:
@@ -191,9 +220,9 @@ def image_grid(
             ax.text(left + w / 2 - 0.5, top - 1.0, str(titles[i]), ha="center", va="bottom", fontsize=fontsize,
                     color=color, linespacing=1.1)
     if colorbar:
-        bar_h = min(canvas_h * 0.85, max(canvas_h, 1.2))
-        cax = fig.add_axes(((left_in + canvas_w + 0.25) / fig_w, (0.08 + (canvas_h - bar_h) / 2) / fig_h,
-                            0.18 / fig_w, bar_h / fig_h))
+        bar_h = min(max(0.85 * canvas_h, 1.9), fig_h - top_in - 0.1)
+        bar_bottom = min(max(bottom_in + (canvas_h - bar_h) / 2, 0.1), fig_h - top_in - bar_h)
+        cax = fig.add_axes(((left_in + canvas_w + 0.25) / fig_w, bar_bottom / fig_h, 0.18 / fig_w, bar_h / fig_h))
         mappable = ScalarMappable(Normalize(vmin, vmax), colormaps[cmaps[0]])
         cbar = fig.colorbar(mappable, cax=cax, extend=colorbar_extend)
         if colorbar_label:
@@ -214,10 +243,11 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: str | Path, titl
     if np.isnan(epochs).any():
         epochs = np.arange(1, len(history) + 1, dtype=np.float64)
     marker = "o" if len(history) <= 30 else None
-    fig = Figure(figsize=(11, 4.3), layout="constrained")
+    fig = Figure(figsize=(11, 4.3))
+    _margins(fig, left=0.75, right=0.2, top=0.7, bottom=0.55, wspace=0.22)
     ax_loss, ax_acc = fig.subplots(1, 2)
     val_acc = _column(history, "val_acc")
-    best = int(np.nanargmax(val_acc)) if not np.isnan(val_acc).all() else None
+    best = int(np.nanargmax(val_acc)) if len(history) > 1 and not np.isnan(val_acc).all() else None
     for ax, what in ((ax_loss, "loss"), (ax_acc, "acc")):
         for split, color, name in (("train", TRAIN_COLOR, "training"), ("val", VAL_COLOR, "validation")):
             values = _column(history, f"{split}_{what}")
@@ -229,7 +259,7 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: str | Path, titl
         ax.set_xlabel("Epoch")
         ax.set_ylabel("Loss" if what == "loss" else "Accuracy")
         ax.set_title("Loss" if what == "loss" else "Accuracy")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, epochs)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -258,13 +288,20 @@ def confusion_matrix(
         values = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     else:
         values = counts
-    size = min(max(5.0, 0.62 * k + 2.6), 20.0)
-    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
-    ax = fig.subplots()
+    side = min(max(4.5, 0.55 * k + 1.6), 18.0)  # the square heat map, in inches
+    longest = max(len(str(c)) for c in classes)
+    slanted = longest * k > 40  # as _rotate_long_labels decides
+    # Fixed margins: tick labels take about 0.075 inch a character (0.05 below the axes when slanted).
+    left, bottom = 0.65 + 0.075 * longest, 0.6 + (0.05 * longest if slanted else 0.2)
+    width, height = left + side + 1.45, bottom + side + 0.45
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((left / width, bottom / height, side / width, side / height))
+    cax = fig.add_axes(((left + side + 0.25) / width, (bottom + 0.1 * side) / height, 0.2 / width,
+                        0.8 * side / height))
     cmap = colormaps["Blues"]
     norm = Normalize(vmin=0.0, vmax=1.0 if normalize else max(values.max(), 1.0))
-    im = ax.imshow(values, cmap=cmap, norm=norm, interpolation="nearest")
-    cbar = fig.colorbar(im, ax=ax, shrink=0.8)
+    im = ax.imshow(values, cmap=cmap, norm=norm, interpolation="nearest", aspect="auto")
+    cbar = fig.colorbar(im, cax=cax)
     cbar.set_label("share of the true class" if normalize else "number of samples")
     if normalize:
         cbar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
@@ -390,7 +427,8 @@ def f1_bars(report: Mapping[str, Any], classes: Sequence[str], path: str | Path)
 def reliability_diagram(bins: Sequence[Mapping[str, Any]], ece: float, path: str | Path) -> Path:
     """Accuracy against confidence per bin (from ``expected_calibration_error``).
 
-    Bars below the diagonal are over-confident; the red shading is the gap to perfect calibration.
+    Bars below the diagonal are over-confident; the red hatching spans the gap between
+    accuracy and mean confidence (hatching inside a bar: under-confident).
     The lower panel shows how many predictions fall in each bin (log scale: most are confident).
     """
     if not bins:
@@ -403,13 +441,14 @@ def reliability_diagram(bins: Sequence[Mapping[str, Any]], ece: float, path: str
     conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins], dtype=float)
     centers, widths = (lower + upper) / 2, upper - lower
 
-    fig = Figure(figsize=(6.4, 7.2), layout="constrained")
+    fig = Figure(figsize=(6.4, 7.2))
+    _margins(fig, left=0.85, right=0.2, top=0.45, bottom=0.6, hspace=0.12)
     ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(centers[filled], acc[filled], widths[filled], color="#3182bd", edgecolor="black",
            linewidth=0.6, label="accuracy")
     gap_bottom = np.minimum(acc, conf)[filled]
     ax.bar(centers[filled], np.abs(conf - acc)[filled], widths[filled], bottom=gap_bottom,
-           color=WRONG, alpha=0.3, edgecolor=WRONG, hatch="//", linewidth=0.6, label="gap to confidence")
+           facecolor="none", edgecolor=WRONG, hatch="///", linewidth=0.8, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1.2, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -457,7 +496,7 @@ def compare_curves(
         ax.set_yscale("log")
     ax.set_xlabel("Epoch")
     ax.set_ylabel(label[0].upper() + label[1:])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_axis(ax, np.concatenate([line.get_xdata() for line in ax.get_lines()]))
     ax.set_title(f"Comparison of runs: {label}", fontsize=13)
     ax.grid(alpha=0.3)
     ax.legend(title="run", fontsize=9)

@@ -2,20 +2,33 @@
 
 A Predictor loads the model once and turns uint8 images (N, H, W) shaped like the training data into
 class probabilities, with the run's own scaler; files and photos go through ``digitlab.preprocess``
-first, the way MNIST was made.
+first, the way MNIST was made. ``runtime="onnx"`` runs the exported ONNX graph with onnxruntime
+instead of PyTorch (the scaler is part of that graph, see ``digitlab.export``).
+
+Predictions whose confidence is below the run's threshold (chosen on validation data at training
+time, stored in model.json) are marked ``unsure``: they are the ones to send to a human.
+
+``read_field`` reads a row of handwritten digits (a check's date or amount) with
+``digitlab.fields.segment_field`` and this classifier.
 """
 
 from __future__ import annotations
 
+import textwrap
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from digitlab.errors import ConfigError, ImageError
 from digitlab.runs import load_model, resolve_run
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -40,6 +53,27 @@ class Prediction:
         }
 
 
+@dataclass
+class FileResult:
+    """The outcome for one image file: a prediction and the model's input, or the error's sentence."""
+
+    source: str
+    prediction: Prediction | None = None
+    input: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": self.source}
+        if self.prediction is not None:
+            out.update(self.prediction.to_dict())
+        out["error"] = self.error
+        return out
+
+
 class Predictor:
     """A trained model ready for inference; safe to share between threads."""
 
@@ -50,9 +84,12 @@ class Predictor:
         device: str | torch.device = "cpu",
         threshold: float | None = None,
         path: Path | None = None,
+        runtime: str = "torch",
     ) -> None:
         from digitlab.data import Scaler
 
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"Unknown runtime '{runtime}'; choose torch or onnx.")
         self.model = model.eval()
         self.meta = meta
         self.path = path
@@ -63,15 +100,27 @@ class Predictor:
         self.input_shape = tuple(meta["spec"]["input_shape"])
         default = meta.get("threshold")
         self.threshold: float = float(threshold if threshold is not None else (default if default is not None else 0.5))
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"The threshold {self.threshold} is not a probability; give a value from 0 to 1.")
+        self.runtime = runtime
+        self._session: Any = None
+        if runtime == "onnx":
+            from digitlab.export import onnx_session
+
+            self._session = onnx_session(model, meta, path)
         self._lock = threading.Lock()
 
     @classmethod
     def from_run(
-        cls, run: str | Path, device: str | torch.device = "cpu", threshold: float | None = None
+        cls,
+        run: str | Path,
+        device: str | torch.device = "cpu",
+        threshold: float | None = None,
+        runtime: str = "torch",
     ) -> Predictor:
         path = resolve_run(run)
         model, meta = load_model(path, device)
-        return cls(model, meta, device, threshold, path)
+        return cls(model, meta, device, threshold, path, runtime)
 
     @property
     def name(self) -> str:
@@ -82,6 +131,15 @@ class Predictor:
         x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
         if x.ndim == 2:
             x = x.unsqueeze(0)
+        elif x.ndim == 4 and x.shape[1] == 1:
+            x = x[:, 0]
+        if tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
+            raise ImageError(
+                f"The images are {tuple(x.shape[1:])} but the model takes {tuple(self.input_shape[1:])}; "
+                "preprocess them with Predictor.preprocess first."
+            )
+        if self._session is not None:
+            return self._onnx_proba(x.numpy().astype(np.float32), batch_size)
         out = []
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
@@ -90,6 +148,13 @@ class Predictor:
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return torch.cat(out).numpy()
+
+    def _onnx_proba(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        parts = [
+            self._session.run(["probabilities"], {"images": x[i : i + batch_size]})[0]
+            for i in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
     def explain_probs(self, probs: np.ndarray) -> list[Prediction]:
         """Turn rows of probabilities into Predictions (top 3, unsure below the threshold)."""
@@ -111,3 +176,226 @@ class Predictor:
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         return self.explain_probs(self.predict_proba(images))
+
+    # --- files and photos ---------------------------------------------------------------------
+
+    def preprocess(self, source: Any, name: str | None = None) -> np.ndarray:
+        """Any image (path, bytes, file, PIL image, array) -> this model's uint8 input."""
+        from digitlab.preprocess import preprocess
+
+        return preprocess(source, self.target, name)
+
+    def predict_image(self, source: Any, name: str | None = None) -> tuple[Prediction, np.ndarray]:
+        """One image -> (its prediction, the preprocessed input the model saw)."""
+        x = self.preprocess(source, name)
+        return self.predict(x[None])[0], x
+
+    def predict_files(self, sources: Iterable[str | Path], batch_size: int = 256) -> Iterator[FileResult]:
+        """Predict image files in batches, yielding one result per file in order.
+
+        A file that cannot be used yields its error sentence instead of stopping the others.
+        """
+        batch: list[FileResult] = []
+        for src in sources:
+            result = FileResult(str(src))
+            try:
+                result.input = self.preprocess(src)
+            except ImageError as exc:
+                result.error = str(exc)
+            batch.append(result)
+            if len(batch) >= batch_size:
+                yield from self._finish(batch)
+                batch = []
+        yield from self._finish(batch)
+
+    def _finish(self, batch: list[FileResult]) -> list[FileResult]:
+        good = [r for r in batch if r.input is not None]
+        if good:
+            preds = self.predict(np.stack([r.input for r in good]))
+            for r, p in zip(good, preds, strict=True):
+                r.prediction = p
+        return batch
+
+
+def expand_sources(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders replaced by the image files inside them (recursively, sorted).
+
+    A path that does not exist is kept, so it is reported on its own line with the others.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ImageError(
+                    f"Folder '{p}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); give another folder."
+                )
+            out.extend(files)
+        else:
+            out.append(p)
+    return out
+
+
+def predict_images(
+    run: str | Path | Predictor,
+    paths: Sequence[str | Path],
+    threshold: float | None = None,
+    runtime: str = "torch",
+    batch_size: int = 256,
+) -> list[FileResult]:
+    """The Python side of ``digitlab predict``: image files and folders -> one FileResult per image."""
+    predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, threshold=threshold, runtime=runtime)
+    return list(predictor.predict_files(expand_sources(paths), batch_size=batch_size))
+
+
+def contact_sheet(results: Sequence[FileResult], classes: Sequence[str], path: str | Path, limit: int = 40) -> Path:
+    """PNG with one row per image: the original, what the model saw, and its probability bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from digitlab.preprocess import open_image
+    from digitlab.utils import atomic_write
+
+    rows = list(results)[:limit]
+    if not rows:
+        raise ImageError("There is nothing to draw: no image was given.")
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 1.7 * len(rows) + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 2.6]})
+    fig.suptitle("digitlab predict: original, preprocessed input (28x28), class probabilities", fontsize=11)
+    for (ax_o, ax_p, ax_b), r in zip(axes, rows, strict=True):
+        name = Path(r.source).name
+        try:
+            img = open_image(r.source)
+            if "A" in img.getbands():
+                from PIL import Image
+
+                canvas = Image.new("RGBA", img.size, "white")
+                img = Image.alpha_composite(canvas, img.convert("RGBA"))
+            ax_o.imshow(np.asarray(img.convert("RGB")))
+        except ImageError:
+            ax_o.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        ax_o.set_title(name if len(name) < 28 else name[:25] + "...", fontsize=8)
+        for ax in (ax_o, ax_p):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if r.prediction is None or r.input is None:
+            ax_p.text(0.5, 0.5, "no input", ha="center", va="center")
+            ax_b.axis("off")
+            ax_b.text(0, 0.5, textwrap.fill(r.error or "", 70), fontsize=8, color="firebrick", va="center")
+            continue
+        ax_p.imshow(r.input, cmap="gray", vmin=0, vmax=int(r.input.max()) or 1)
+        ax_p.set_title("model input", fontsize=8)
+        p = r.prediction
+        colours = ["tab:orange" if p.unsure else "tab:green" if i == p.label else "tab:gray"
+                   for i in range(len(classes))]
+        ax_b.bar(range(len(classes)), p.probabilities, color=colours)
+        ax_b.set_ylim(0, 1)
+        ax_b.set_xticks(range(len(classes)))
+        ax_b.set_xticklabels(classes, fontsize=7, rotation=0 if max(map(len, classes)) < 3 else 45)
+        ax_b.set_ylabel("probability", fontsize=8)
+        ax_b.set_xlabel("class", fontsize=8)
+        ax_b.tick_params(axis="y", labelsize=7)
+        verdict = "UNSURE " if p.unsure else ""
+        ax_b.set_title(f"{verdict}{p.name} ({p.confidence:.1%})", fontsize=9,
+                       color="tab:orange" if p.unsure else "black")
+    fig.tight_layout()
+    out = Path(path)
+    atomic_write(out, lambda t: fig.savefig(t, format="png", dpi=100))
+    plt.close(fig)
+    return out
+
+
+# --- reading fields of digits -----------------------------------------------------------------
+
+
+@dataclass
+class DigitReading:
+    """One digit of a field: its character, confidence, top 3, box (x0, y0, x1, y1) and unsure flag."""
+
+    char: str
+    confidence: float
+    box: tuple[int, int, int, int]
+    unsure: bool
+    top: list[tuple[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "digit": self.char,
+            "confidence": self.confidence,
+            "box": list(self.box),
+            "unsure": self.unsure,
+            "top3": [{"class": c, "probability": p} for c, p in self.top],
+        }
+
+
+@dataclass
+class FieldReading:
+    """A field read left to right. ``marked`` has '?' at the unsure positions."""
+
+    text: str
+    digits: list[DigitReading]
+    threshold: float
+    inputs: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
+
+    @property
+    def marked(self) -> str:
+        return "".join("?" if d.unsure else d.char for d in self.digits)
+
+    @property
+    def unsure_positions(self) -> list[int]:
+        return [i for i, d in enumerate(self.digits) if d.unsure]
+
+    @property
+    def confidence(self) -> float:
+        """Probability that every digit is right, if the digits' errors were independent."""
+        return float(np.prod([d.confidence for d in self.digits])) if self.digits else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "marked": self.marked,
+            "confidence": self.confidence,
+            "unsure_positions": self.unsure_positions,
+            "threshold": self.threshold,
+            "digits": [d.to_dict() for d in self.digits],
+        }
+
+    def draw(self, image: Any, title: str | None = None) -> Any:
+        """A PIL picture of the field with boxes, readings and the model's inputs."""
+        from digitlab.fields import draw_reading
+
+        return draw_reading(
+            image,
+            [d.box for d in self.digits],
+            [d.char for d in self.digits],
+            [d.confidence for d in self.digits],
+            [d.unsure for d in self.digits],
+            title=title if title is not None else f"read {self.marked}  (threshold {self.threshold:.2f})",
+            inputs=list(self.inputs),
+        )
+
+
+def read_field(predictor: Predictor, image: Any, name: str | None = None) -> FieldReading:
+    """Read a row of handwritten digits: segment (``digitlab.fields``), then classify each piece."""
+    from digitlab.fields import segment_field
+    from digitlab.preprocess import ink_to_input
+
+    if predictor.target not in ("mnist", "digits") or not all(c.isdigit() for c in predictor.classes):
+        raise ConfigError(
+            f"The model of run '{predictor.path}' does not classify digits (classes {', '.join(predictor.classes[:3])}"
+            "...); read fields with a model trained on mnist or digits."
+        )
+
+    def classify(crops: list[np.ndarray]) -> np.ndarray:
+        return predictor.predict_proba(np.stack([ink_to_input(c, predictor.target) for c in crops]))
+
+    segments = segment_field(image, classify, name)
+    inputs = np.stack([ink_to_input(s.ink, predictor.target) for s in segments])
+    preds = predictor.predict(inputs)
+    digits = [
+        DigitReading(p.name, p.confidence, tuple(int(v) for v in s.box), p.unsure, p.top)
+        for s, p in zip(segments, preds, strict=True)
+    ]
+    return FieldReading("".join(d.char for d in digits), digits, predictor.threshold, inputs)

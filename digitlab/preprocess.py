@@ -557,9 +557,8 @@ def preprocess(source: Any, target: str = "mnist", name: str | None = None) -> n
     Raises ``ImageError`` for unreadable, oversized or blank images (never guesses a blank).
     """
     kind = resolve_target(target)
-    img = open_image(source, name)
     label = name or ("The image" if isinstance(source, (Image.Image, np.ndarray)) else _label(source))
-    grey = to_grey_float(_reduce_large(img), frame_is_paper=kind == "fashion")
+    grey = load_grey(source, name, frame_is_paper=kind == "fashion")
     ink, mask = _object_ink(grey) if kind == "fashion" else extract_ink(grey)
     ink = _main_ink(ink, mask)
     if not ink.any():
@@ -567,6 +566,17 @@ def preprocess(source: Any, target: str = "mnist", name: str | None = None) -> n
             f"{label} is blank (no ink stands out from the background); "
             "use an image with a clearly visible digit."
         )
+    return ink_to_input(ink, kind)
+
+
+def load_grey(source: Any, name: str | None = None, frame_is_paper: bool = False) -> np.ndarray:
+    """Decode safely, shrink very large pictures, and return ``to_grey_float`` (light ink on black)."""
+    return to_grey_float(_reduce_large(open_image(source, name)), frame_is_paper=frame_is_paper)
+
+
+def ink_to_input(ink: np.ndarray, target: str = "mnist") -> np.ndarray:
+    """Clean ink (light on a zero background, any size) -> the model input of ``target``."""
+    kind = resolve_target(target)
     if kind == "fashion":
         return _to_fashion(ink)
     if kind == "digits":

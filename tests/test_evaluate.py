@@ -236,3 +236,83 @@ def test_format_report_matches_scikit_learn_text(predictions):
 def test_invalid_inputs_raise_value_error(y, probs, classes, match):
     with pytest.raises(ValueError, match=match):
         evaluate_predictions(np.array(y), np.array(probs), classes)
+
+
+# --- a saved run ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny real MNIST run of the default model (BatchNorm, channels-last at training time; 300
+    training images, 1 epoch) as written by 'digitlab train'."""
+    from digitlab.config import TrainConfig
+    from digitlab.train import train
+
+    root = tmp_path_factory.mktemp("evaluate-runs")
+    return train(
+        TrainConfig(model="fast", train_subset=300, val_size=500, epochs=1, batch_size=32, threads=1,
+                    optimizer="adam", lr=3e-3, schedule="constant", label_smoothing=0.0, report=False,
+                    name="tiny", runs_dir=str(root)),
+        progress="quiet",
+    )
+
+
+def test_evaluate_run_reproduces_the_recorded_test_accuracy(tiny_run):
+    from digitlab.data import load_dataset, split
+    from digitlab.evaluate import evaluate_run
+
+    m = evaluate_run(tiny_run.path)
+    recorded = tiny_run.metrics["test"]
+    # Exactly the same predictions: the same number right (training stores a float32 mean) and
+    # the same confusion matrix and log loss as the full evaluation written at training time.
+    assert m["n"] == 10_000 and m["matches_recorded"] is True
+    assert round(m["accuracy"] * m["n"]) == round(recorded["accuracy"] * m["n"])
+    assert m["accuracy"] == pytest.approx(recorded["accuracy"], abs=1e-7)
+    assert m["confusion_matrix"] == recorded["confusion_matrix"]
+    assert m["log_loss"] == pytest.approx(recorded["log_loss"], rel=1e-4)
+    # The split is rebuilt from config.json the way training built it.
+    cfg = json.loads((tiny_run.path / "config.json").read_text())
+    sp = split(load_dataset(cfg["dataset"], cfg.get("data_dir")), cfg["split"], cfg["val_size"], seed=42)
+    assert np.bincount(sp.test_y, minlength=10).tolist() == np.array(m["confusion_matrix"]).sum(axis=1).tolist()
+    expected = {"confusion_matrix", "confusion_matrix_normalized", "f1_per_class", "reliability",
+                "hardest_examples", "predictions"}
+    assert set(m["figures"]) == expected
+    for path in m["figures"].values():
+        assert Path(path).parent == tiny_run.path / "figures" and Path(path).stat().st_size > 5_000
+
+
+def test_evaluate_run_other_splits_tta_and_errors(tiny_run, tmp_path):
+    from digitlab.errors import ConfigError, RunError
+    from digitlab.evaluate import evaluate_run, load_split
+
+    val = evaluate_run(tiny_run.path, split="val", out=tmp_path)
+    assert val["n"] == 500 and val["matches_recorded"] is True
+    assert (tmp_path / "val_confusion_matrix.png").is_file()
+    # The whole training split (the run trained on 300 of its images); not scored here, it is slow.
+    x, y, classes = load_split(tiny_run.path, "train")
+    assert x.shape == (59_500, 28, 28) and x.dtype == np.uint8 and len(y) == 59_500 and classes == DIGITS
+    tta = evaluate_run(tiny_run.path, split="val", tta=True, figures=False)
+    assert tta["tta"] is True and tta["n"] == 500 and 0.1 < tta["accuracy"] <= 1.0 and "figures" not in tta
+    assert tta["log_loss"] != pytest.approx(val["log_loss"])
+    with pytest.raises(ConfigError, match="Unknown split"):
+        evaluate_run(tiny_run.path, split="holdout")
+    with pytest.raises(RunError, match="No run found"):
+        evaluate_run(tmp_path / "nothing-here")
+
+
+def test_cli_evaluate(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from digitlab.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(tiny_run.path), "--split", "val", "--json", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["matches_recorded"] is True and len(data["hardest"]) == 25
+    assert {"report", "confusion_matrix", "most_confused", "ece", "reliability", "top_k_accuracy"} <= set(data)
+    text = runner.invoke(app, ["evaluate", str(tiny_run.path), "--split", "val", "--out", str(tmp_path)])
+    assert text.exit_code == 0, text.output
+    assert "macro avg" in text.stdout and "matches the" in text.stdout and "hardest examples" in text.stdout
+    bad = runner.invoke(app, ["evaluate", str(tiny_run.path), "--split", "nope"])
+    assert bad.exit_code == 2 and "Unknown split" in bad.output

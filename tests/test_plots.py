@@ -188,3 +188,60 @@ def test_figures_leave_no_pyplot_state(tmp_path):
     before = plt.get_fignums()
     plots.learning_curves(_history(3), tmp_path / "a.png")
     assert plt.get_fignums() == before
+
+
+def test_mosaic_places_tiles_with_gaps_and_title_room():
+    tiles = np.ones((5, 4, 3, 4))
+    canvas, origins = plots.mosaic(tiles, ncols=2, gap=2, title_gap=3)
+    assert canvas.shape == (3 * (4 + 2 + 3) - 2, 2 * (3 + 2) - 2, 4)
+    assert origins == [(3, 0), (3, 5), (12, 0), (12, 5), (21, 0)]
+    assert canvas[..., 3].sum() == 5 * 4 * 3  # only the tiles are opaque
+    assert canvas[0, 0, 3] == 0 and canvas[3, 0, 3] == 1
+
+
+def test_image_grid_per_image_colour_maps_and_opacity(tmp_path, mnist_eval):
+    masks = mnist_eval["centroids"][:4]
+    out = plots.image_grid(masks, ["a", "b", "c", "d"], tmp_path / "tinted.png", ncols=4,
+                           cmap=["Greens", "Greens", "Reds", "Reds"], alphas=[1.0, 0.0, 1.0, 0.0], vmin=0, vmax=1)
+    pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    w = pixels.shape[1]
+    quarters = [pixels[:, i * w // 4: (i + 1) * w // 4] for i in range(4)]
+    greenish = [((q[..., 1] - q[..., 0]) > 60).sum() for q in quarters]
+    reddish = [((q[..., 0] - q[..., 1]) > 60).sum() for q in quarters]
+    assert greenish[0] > 200 and reddish[2] > 200  # opaque tiles in their colour maps
+    assert greenish[1] == 0 and reddish[3] == 0  # fully transparent tiles leave white
+    with pytest.raises(ValueError, match="colour maps and alphas"):
+        plots.image_grid(masks, None, tmp_path / "bad.png", cmap=["gray"])
+
+
+def test_single_epoch_has_one_whole_tick(tmp_path):
+    # Spy on the axes the figure draws: a one-epoch run (the default recipe) shows the tick "1" only.
+    from matplotlib.figure import Figure
+
+    seen = []
+    original = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        seen.extend(ax.get_xticks().tolist() for ax in self.axes)
+        return original(self, *args, **kwargs)
+
+    Figure.savefig = spy
+    try:
+        plots.learning_curves(_history(1), tmp_path / "one.png")
+        plots.compare_curves({"a": _history(1), "b": _history(3)}, tmp_path / "cmp.png")
+    finally:
+        Figure.savefig = original
+    assert seen[:2] == [[1.0], [1.0]]
+    assert seen[2] == [1.0, 2.0, 3.0]
+
+
+def test_evaluation_figures(tmp_path, mnist_eval):
+    from digitlab.evaluate import write_figures
+
+    figures = write_figures(mnist_eval["metrics"], tmp_path, mnist_eval["images"], mnist_eval["y"],
+                            mnist_eval["probs"], prefix="val_")
+    assert set(figures) == {"confusion_matrix", "confusion_matrix_normalized", "f1_per_class", "reliability",
+                            "hardest_examples", "predictions"}
+    for path in figures.values():
+        assert path.name.startswith("val_")
+        check_png(path, (500, 1400), (300, 1400))
