@@ -34,8 +34,8 @@ from digitlab.errors import ConfigError
 
 TARGETS = (0.98, 0.99, 0.995)
 QUICK_TARGETS = (0.80, 0.90, 0.95)
-QUICK_STEPS = 120  # optimizer steps per reference recipe in --quick mode
-QUICK_SUBSET = 6000  # training images in --quick mode (keeps the engine's final evaluation short)
+QUICK_STEPS = 60  # optimizer steps per reference recipe in --quick mode
+QUICK_SUBSET = 4000  # training images in --quick mode (keeps the engine's final evaluation short)
 QUICK_TEST = 2000  # test images evaluated during training in --quick mode
 
 
@@ -173,7 +173,7 @@ def _run_engine(
     if entry.reference:
         overrides["precision"] = "fp32"  # as the originals run
     if quick:
-        overrides.update(train_subset=QUICK_SUBSET, epochs=1)
+        overrides.update(train_subset=QUICK_SUBSET, epochs=1, val_size=500)
     config = recipe_config(entry.recipe, **overrides)
     ds = load_dataset(config.dataset, data_dir=config.data_dir)
     n_test = QUICK_TEST if quick else len(ds.test_labels)
