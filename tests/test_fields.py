@@ -1,0 +1,182 @@
+"""Fields of handwritten digits: the synthetic generator, rule removal, segmentation, the benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from typer.testing import CliRunner
+
+from digitlab.cli import app
+from digitlab.data import load_dataset
+from digitlab.errors import ImageError
+from digitlab.fields import (
+    edit_distance,
+    field_ink,
+    fields_benchmark,
+    make_field,
+    random_field,
+    remove_rules,
+    segment_field,
+)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """A quick MNIST model (1 epoch on 10,000 images, ~97.5%), trained once per session and shared
+    with test_predict.py and test_export.py through the session's base temp folder."""
+    from digitlab.config import TrainConfig
+    from digitlab.train import train
+
+    runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
+    if not (runs / "quick" / "model.json").is_file():
+        train(TrainConfig(train_subset=10_000, epochs=1, report=False, runs_dir=str(runs), name="quick", threads=1),
+              progress="quiet")
+    return runs / "quick"
+
+
+@pytest.fixture(scope="module")
+def mnist_test() -> tuple[np.ndarray, np.ndarray]:
+    ds = load_dataset("mnist")
+    return ds.test_images, ds.test_labels
+
+
+def iou(a, b) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+# --- generator ----------------------------------------------------------------------------------
+
+
+def test_make_field_is_deterministic_and_describes_itself(mnist_test):
+    x, y = mnist_test
+    a = make_field(x[:5], y[:5], np.random.default_rng(3))
+    b = make_field(x[:5], y[:5], np.random.default_rng(3))
+    c = make_field(x[:5], y[:5], np.random.default_rng(4))
+    assert np.array_equal(a.image, b.image) and a.boxes == b.boxes
+    assert not np.array_equal(a.image, c.image) or a.boxes != c.boxes
+    assert a.image.dtype == np.uint8 and a.image.ndim == 3 and a.image.shape[2] == 3
+    assert a.text == "".join(str(v) for v in y[:5]) and len(a.boxes) == 5
+    h, w = a.image.shape[:2]
+    assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in a.boxes)
+    assert [bx[0] for bx in a.boxes] == sorted(bx[0] for bx in a.boxes)
+    with pytest.raises(ValueError):
+        make_field(x[:3], y[:2], np.random.default_rng(0))
+
+
+def test_generator_options_show_in_the_image(mnist_test):
+    x, y = mnist_test
+    small = make_field(x[:4], y[:4], np.random.default_rng(0), scale=1.0, jitter=0)
+    big = make_field(x[:4], y[:4], np.random.default_rng(0), scale=2.0, jitter=0)
+    assert np.median([b[3] - b[1] for b in big.boxes]) > 1.8 * np.median([b[3] - b[1] for b in small.boxes])
+
+    blue = make_field(x[:4], y[:4], np.random.default_rng(1), ink="blue", rule=0.0, noise=0.0, specks=0)
+    x0, y0, x1, y1 = blue.boxes[0]
+    rgb = blue.image[y0:y1, x0:x1].astype(int)
+    inky = rgb.sum(axis=2) < 300
+    assert (rgb[..., 2][inky] - rgb[..., 0][inky]).mean() > 40  # blue ink is blue
+
+    ruled = make_field(x[:4], y[:4], np.random.default_rng(2), rule=1.0, ink="black")
+    assert ruled.options["rule"] is True
+    dark = ruled.image.mean(axis=2) < 128
+    assert (dark.mean(axis=1) > 0.9).any()  # a printed line across the field
+    plain = make_field(x[:4], y[:4], np.random.default_rng(2), rule=0.0)
+    assert not ((plain.image.mean(axis=2) < 128).mean(axis=1) > 0.9).any()
+
+    touching = make_field(x[:6], y[:6], np.random.default_rng(5), overlap=1.0)
+    assert touching.options["touching"] == [1, 2, 3, 4, 5]
+    assert all(touching.boxes[i][2] >= touching.boxes[i + 1][0] for i in range(5))
+    broken = make_field(x[:6], y[:6], np.random.default_rng(5), broken=1.0)
+    assert broken.options["broken"] == list(range(6))
+
+
+# --- rule lines ---------------------------------------------------------------------------------
+
+
+def test_remove_rules_keeps_crossing_strokes_and_cuts_the_line():
+    mask = np.zeros((60, 200), bool)
+    mask[40:43, 5:195] = True  # the rule, 3 px thick
+    mask[10:55, 50:53] = True  # a stroke crossing it
+    mask[30:41, 120:123] = True  # a stroke ending on it
+    ink = mask.astype(np.float32)
+    new_ink, new_mask = remove_rules(ink, mask)
+    labels, n = ndi.label(new_mask)
+    assert n == 2  # the two strokes, no line
+    assert new_mask[10:55, 50:53].all()  # the crossing stroke is whole
+    assert new_mask[30:41, 120:123].all()
+    assert not new_mask[40:43, 60:110].any() and not new_ink[40:43, 60:110].any()
+
+
+def test_rule_line_is_gone_from_field_ink(mnist_test):
+    x, y = mnist_test
+    f = make_field(x[:6], y[:6], np.random.default_rng(8), rule=1.0)
+    _, mask = field_ink(f.image)
+    assert mask.mean(axis=1).max() < 0.5
+
+
+# --- segmentation -------------------------------------------------------------------------------
+
+
+def test_geometry_alone_segments_clean_fields(mnist_test):
+    x, y = mnist_test
+    rng = np.random.default_rng(11)
+    right = 0
+    for _ in range(10):
+        f = random_field(x, y, rng, overlap=0.0, broken=0.0, max_digits=8)
+        segs = segment_field(f.image)
+        if len(segs) == len(f.boxes):
+            right += 1
+            assert min(iou(s.box, b) for s, b in zip(segs, f.boxes, strict=True)) > 0.5
+    assert right >= 9
+
+
+def test_touching_digits_are_split_and_broken_ones_merged(quick_run, mnist_test):
+    from digitlab.predict import Predictor, read_field
+
+    x, y = mnist_test
+    predictor = Predictor.from_run(quick_run)
+    rng = np.random.default_rng(12)
+    touching = [random_field(x, y, rng, overlap=1.0, broken=0.0, max_digits=5) for _ in range(8)]
+    counted = sum(len(read_field(predictor, f.image).text) == len(f.text) for f in touching)
+    assert counted >= 6
+    # Without the classifier only pieces too wide for one digit are cut: fewer come out right.
+    geometry = sum(len(segment_field(f.image)) == len(f.text) for f in touching)
+    assert geometry < counted
+    broken = [random_field(x, y, rng, overlap=0.0, broken=1.0, max_digits=5) for _ in range(8)]
+    assert sum(len(read_field(predictor, f.image).text) == len(f.text) for f in broken) >= 6
+
+
+def test_blank_field_is_reported():
+    paper = np.full((60, 300, 3), 235, np.uint8)
+    with pytest.raises(ImageError, match="blank"):
+        segment_field(paper)
+
+
+# --- benchmark ----------------------------------------------------------------------------------
+
+
+def test_edit_distance():
+    assert edit_distance("1234", "1234") == 0
+    assert edit_distance("1234", "124") == 1
+    assert edit_distance("1234", "12834") == 1
+    assert edit_distance("1234", "1294") == 1
+    assert edit_distance("", "12") == 2
+
+
+def test_fields_benchmark_and_the_read_synthetic_command(quick_run, tmp_path):
+    result = fields_benchmark(quick_run, n=12, seed=1, save_examples=tmp_path, examples=2)
+    assert result["fields"] == 12 and result["digits"] >= 24
+    assert result["digit_accuracy"] >= 0.85 and result["field_accuracy"] >= 0.5
+    assert 0 <= result["fields_flagged_unsure"] <= 1
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["field_000.png", "field_001.png"]
+    out = CliRunner().invoke(app, ["read", str(quick_run), "--synthetic", "3", "--seed", "1", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["fields"] == 3
+    out = CliRunner().invoke(app, ["read", str(quick_run), "--synthetic", "0"])
+    assert out.exit_code == 2 and "generates nothing" in out.output
