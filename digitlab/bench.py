@@ -471,7 +471,7 @@ def compute_floor(recipe: str = "fast", images: int = 55_000) -> dict[str, Any]:
 
 
 def bench_predict(
-    run: str | Path, *, batch_size: int = 4096, repeats: int = 5, latency_samples: int = 300
+    run: str | Path, *, batch_size: int = 512, repeats: int = 5, latency_samples: int = 300
 ) -> dict[str, Any]:
     """Batched images/second and single-image latency of a run through ``Predictor`` (CPU)."""
     from digitlab.data import load_dataset

@@ -92,6 +92,7 @@ _TRAIN_HELP = {
     "aug_shear": "Largest shear.",
     "aug_elastic": "Strength of smooth elastic distortion in pixels (0: off).",
     "aug_morph": "Probability of making strokes thicker or thinner.",
+    "aug_flip": "Probability of a left-right mirror (for clothes, never digits).",
     "early_stopping": "Stop when the monitored value stops improving.",
     "monitor": "val_loss or val_acc.",
     "patience": "Epochs without improvement before stopping.",
@@ -100,6 +101,7 @@ _TRAIN_HELP = {
     "threads": "CPU threads (default: all cores).",
     "device": "auto, cpu, cuda, cuda:N or mps.",
     "deterministic": "Ask torch for deterministic kernels (slower on GPUs).",
+    "precision": "auto, fp32 or bf16 (auto: bf16 autocast where the CPU has native bf16; not bit-exact with fp32).",
     "compile": "Use torch.compile (breaks bit-exact repeatability; pays off on long runs only).",
     "name": "Run name (default: timestamp and model).",
     "runs_dir": "Folder of run folders (default: ./runs or $DIGITLAB_RUNS_DIR).",
@@ -611,7 +613,7 @@ def bench_train_command(
 @user_errors
 def bench_predict_command(
     run: str = typer.Argument("latest", help="Run folder or name ('latest': the newest run)."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Batch size of the batched measurement."),
+    batch_size: int = typer.Option(512, "--batch-size", help="Batch size of the batched measurement."),
     repeats: int = typer.Option(5, "--repeats", help="Passes over the test set (the median counts)."),
     latency_samples: int = typer.Option(300, "--latency-samples", help="Single images timed one by one."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
@@ -908,3 +910,70 @@ def export_command(
 
     path = export_model(run, format=format, out=out)
     console.print(f"wrote {path}", highlight=False)
+
+
+# --- serve (digitlab.serve, digitlab.loadtest) ------------------------------------------------------
+
+
+@app.command("serve")
+@user_errors
+def serve_command(
+    run: str = typer.Argument("latest", help="Run folder or name ('latest': the newest run)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0: any free port; the URL is printed)."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (onnxruntime)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Mark predictions below this confidence "
+                                           "'unsure' (default: the run's threshold)."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads for inference (0: all cores)."),
+    window_ms: float = typer.Option(0.0, "--batch-window-ms", help="Wait this long for more requests to batch "
+                                    "(0: batch only what is already waiting)."),
+    workers: int | None = typer.Option(None, "--workers", help="Processes that decode and preprocess uploaded "
+                                       "images (default: one per core; 0: threads of the server process)."),
+) -> None:
+    """Serve the HTTP prediction API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs)."""
+    from digitlab.serve import serve
+
+    serve(run, host=host, port=port, runtime=runtime, threshold=threshold, threads=threads,
+          window=window_ms / 1000.0, workers=workers)
+
+
+@bench_app.command("serve")
+@user_errors
+def bench_serve_command(
+    run: str = typer.Argument("latest", help="Run folder or name ('latest': the newest run)."),
+    clients: int = typer.Option(32, "--clients", help="Concurrent keep-alive clients."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Measured seconds per payload (after --warmup)."),
+    payload: str = typer.Option("both", "--payload", help="json (28x28 array), png (multipart PNG upload) or both."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (onnxruntime) in the server."),
+    warmup: float = typer.Option(1.0, "--warmup", help="Unmeasured seconds of load before each measurement."),
+    out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Start 'digitlab serve' on loopback and load it with N clients for a fixed time: requests/s,
+    p50/p95/p99 latency, errors."""
+    from digitlab.loadtest import bench_serve, print_serve
+    from digitlab.utils import atomic_write_json
+
+    result = bench_serve(run, clients=clients, seconds=seconds, payload=payload, runtime=runtime, warmup=warmup)
+    if out:
+        atomic_write_json(out, result)
+    if as_json:
+        print_json(result)
+    else:
+        print_serve(result, console)
+
+
+# --- distributed training: help of train's data-parallel flags (docs/distributed.md) --------------------
+# The train command's flags come from TrainConfig's fields; typer reads their help when it builds the
+# command, so the two data-parallel fields get theirs here.
+
+_TRAIN_HELP.update(
+    nproc="Processes on this machine (torchrun --standalone, gloo on CPUs, NCCL on GPUs); --batch-size is per "
+          "process. Ignored under torchrun.",
+    lr_scaling="How --lr follows the global batch of several processes: linear (lr x processes), sqrt or none.",
+)
+for _info in app.registered_commands:
+    if _info.name == "train":
+        for _param in _info.callback.__signature__.parameters.values():
+            if _param.name in ("nproc", "lr_scaling"):
+                _param.default.help = _TRAIN_HELP[_param.name]

@@ -20,6 +20,7 @@ SCHEDULES = ("constant", "step", "cosine", "one-cycle")
 INITS = ("default", "glorot-uniform", "he-normal", "truncated-normal", "normal", "zeros")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCALINGS = ("linear", "sqrt", "none")  # how the learning rate follows the global batch of data-parallel runs
 
 
 @dataclass
@@ -67,6 +68,7 @@ class TrainConfig:
     aug_shear: float = 0.25
     aug_elastic: float = 0.0  # pixels of smooth random displacement
     aug_morph: float = 0.0  # probability of thickening or thinning strokes (the fast recipe: 0.6)
+    aug_flip: float = 0.0  # probability of a left-right mirror (clothes, not digits: the fashion recipe)
     # early stopping
     early_stopping: bool = False
     monitor: str = "val_loss"
@@ -83,6 +85,9 @@ class TrainConfig:
     runs_dir: str | None = None
     tensorboard: bool = False
     report: bool = True
+    # data-parallel (see docs/distributed.md): batch_size is per process, lr grows with the global batch
+    nproc: int = 1  # processes to start on this machine through torchrun (ignored under torchrun)
+    lr_scaling: str = "linear"  # lr x world size (linear), x sqrt(world size) (sqrt), or unchanged (none)
     recipe: str = "fast"
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +176,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fashion": dict(
         dataset="fashion-mnist", model="best", epochs=12, batch_size=128, lr=0.05, optimizer="nesterov",
         schedule="one-cycle", weight_decay=5e-4, label_smoothing=0.1, augment=True, aug_shift=2.0,
-        aug_rotate=0.0, aug_scale=0.0, aug_shear=0.0, precision="auto",
+        aug_rotate=0.0, aug_scale=0.0, aug_shear=0.0, aug_flip=0.5, precision="auto",
     ),
 }
 
@@ -253,5 +258,12 @@ def validate(config: TrainConfig) -> None:
         bad(f"Warm-up of {config.warmup_epochs} epochs must lie between 0 and the {config.epochs} epochs.")
     if config.patience < 1:
         bad(f"Patience must be at least 1 epoch, got {config.patience}.")
+    if config.nproc < 1:
+        bad(f"--nproc must be at least 1 process, got {config.nproc}.")
+    if config.lr_scaling not in LR_SCALINGS:
+        bad(f"Unknown lr scaling '{config.lr_scaling}': choose one of {', '.join(LR_SCALINGS)}.")
     if config.train_subset is not None and config.train_subset < 1:
         bad(f"--train-subset must be a positive number of images, got {config.train_subset}.")
+    for name in ("aug_morph", "aug_flip"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            bad(f"--{name.replace('_', '-')} is a probability: give a value from 0 to 1, got {getattr(config, name)}.")

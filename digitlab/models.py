@@ -303,8 +303,39 @@ def _summary_shape(model: nn.Module, input_shape: Iterable[int] | None) -> tuple
     return _check_input_shape(input_shape)
 
 
-def format_summary(model: nn.Module, input_shape: Iterable[int] | None = None) -> str:
-    """A Keras-style ``model.summary()`` table as plain text."""
+class ModelSummary(str):
+    """``format_summary``'s text (a ``str``: print it, compare it) that Jupyter shows as an HTML table.
+
+    ``rows`` are ``model_summary``'s rows; ``total``, ``trainable`` and ``buffers`` the counts.
+    """
+
+    title: str
+    rows: list[dict[str, Any]]
+    total: int
+    trainable: int
+    buffers: int
+
+    def _repr_html_(self) -> str:
+        import html
+
+        def shape(r: dict[str, Any]) -> str:
+            return "?" if r["output_shape"] is None else "(None, " + ", ".join(map(str, r["output_shape"])) + ")"
+
+        body = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(r['layer'])} ({html.escape(r['type'])})</td>"
+            f"<td style='text-align:left'>{shape(r)}</td><td>{r['params']:,}</td></tr>"
+            for r in self.rows
+        )
+        foot = (f"Total params: <b>{self.total:,}</b> &middot; trainable: {self.trainable:,} &middot; "
+                f"non-trainable: {self.total - self.trainable:,}"
+                + (f" &middot; BatchNorm buffers (not counted): {self.buffers:,}" if self.buffers else ""))
+        return (f"<div><b>Model: {html.escape(self.title)}</b><table><thead><tr><th style='text-align:left'>"
+                "Layer (type)</th><th style='text-align:left'>Output Shape</th><th>Param #</th></tr></thead>"
+                f"<tbody>{body}</tbody></table><div>{foot}</div></div>")
+
+
+def format_summary(model: nn.Module, input_shape: Iterable[int] | None = None) -> ModelSummary:
+    """A Keras-style ``model.summary()`` table as plain text (an HTML table in Jupyter)."""
     rows = model_summary(model, input_shape)
     spec = getattr(model, "spec", None)
     title = spec["name"] if spec else type(model).__name__
@@ -334,7 +365,10 @@ def format_summary(model: nn.Module, input_shape: Iterable[int] | None = None) -
     if buffers:
         lines.append(f"Buffers (BatchNorm running statistics, not counted above): {buffers:,}")
     lines.append("_" * width)
-    return "\n".join(lines)
+    summary = ModelSummary("\n".join(lines))
+    summary.title, summary.rows, summary.total, summary.trainable, summary.buffers = (
+        title, rows, total, trainable, buffers)
+    return summary
 
 
 # --- initialization -------------------------------------------------------------------------------

@@ -163,3 +163,55 @@ class Run:
         acc = self.test_accuracy
         acc_s = f", test_accuracy={acc:.4f}" if acc is not None else ""
         return f"Run('{self.path}', model={self.config.get('model')!r}, epochs={len(self.history)}{acc_s})"
+
+    # --- Jupyter display ---------------------------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a run: what was trained, a table of final metrics and the learning curves."""
+        import html
+
+        cfg, esc = self.config, html.escape
+        model = cfg.get("model", "?")
+        options = (self.meta.get("spec") or {}).get("options") or cfg.get("model_options") or {}
+        what = ", ".join(f"{k}={v}" for k, v in options.items())
+        facts = [
+            ("model", f"{model}" + (f" ({what})" if what else "")),
+            ("dataset", f"{cfg.get('dataset', '?')} (split {cfg.get('split', '?')})"),
+            ("recipe", cfg.get("recipe")),
+            ("optimizer", f"{cfg.get('optimizer')} lr {cfg.get('lr')}, batch {cfg.get('batch_size')}"
+             if "optimizer" in cfg and not cfg.get("baseline") else cfg.get("baseline")),
+            ("epochs", f"{len(self.history)}" + (f" of {cfg['epochs']}" if cfg.get("epochs", 0) > len(self.history)
+                                                  else "")),
+            ("training time", f"{self.metrics['train_seconds']:.1f} s" if "train_seconds" in self.metrics else None),
+        ]
+        facts_html = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th><td style='text-align:left'>{esc(str(v))}"
+                             "</td></tr>" for k, v in facts if v is not None)
+        rows = []
+        for split in ("train", "val", "test"):
+            m = self.metrics.get(split)
+            if not isinstance(m, dict) or "accuracy" not in m:
+                continue
+            loss = m.get("loss")
+            rows.append(f"<tr><td>{split}</td><td>{m['accuracy']:.2%}</td>"
+                        f"<td>{'' if loss is None else f'{loss:.4f}'}</td><td>{m.get('size', '')}</td></tr>")
+        metrics_html = ("<table><thead><tr><th>split</th><th>accuracy</th><th>loss</th><th>images</th></tr></thead>"
+                        f"<tbody>{''.join(rows)}</tbody></table>") if rows else "<p>no metrics yet (unfinished run)</p>"
+        curves = self._curves_png()
+        img = (f"<img style='max-width:100%' alt='learning curves' src='data:image/png;base64,{curves}'/>"
+               if curves else "")
+        return (f"<div><b>Run</b> <code>{esc(self.name)}</code> <span style='color:gray'>{esc(str(self.path))}</span>"
+                "<div style='display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap'>"
+                f"<table>{facts_html}</table>{metrics_html}</div>{img}</div>")
+
+    def _curves_png(self) -> str | None:
+        """The learning curves (``plots.learning_curves``) as base64 PNG; None for fewer than two epochs."""
+        if len(self.history) < 2:
+            return None
+        import base64
+        import tempfile
+
+        from digitlab.plots import learning_curves
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = learning_curves(self.history, Path(tmp) / "curves.png", title=f"Learning curves: {self.name}")
+            return base64.b64encode(path.read_bytes()).decode("ascii")

@@ -15,6 +15,7 @@ import json
 import math
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from digitlab import distributed as dd
 from digitlab.config import (  # noqa: F401 - re-exported
     INITS,
     MONITORS,
@@ -132,6 +134,10 @@ def augment_batch(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) ->
     theta = torch.stack(
         [torch.stack([cos, -sin + shear * cos, tx], 1), torch.stack([sin, cos + shear * sin, ty], 1)], 1
     )
+    if config.aug_flip > 0:
+        # A mirror image is the same garment (Fashion-MNIST), never the same digit: off by default.
+        sign = torch.where(torch.rand(n, generator=gen) < config.aug_flip, -1.0, 1.0).to(dev)
+        theta = torch.cat([theta[:, :, :1] * sign.view(n, 1, 1), theta[:, :, 1:]], 2)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     if config.aug_elastic > 0:
         coarse = (torch.randn((n, 2, 4, 4), generator=gen) * (2 * config.aug_elastic / w)).to(dev)
@@ -187,9 +193,19 @@ Callback = Callable[[TrainState], bool | None]  # return True to stop training
 
 
 class Reporter:
-    """Progress output: a live bar within each epoch and a line per epoch; or JSON events; or none."""
+    """Progress output: a live bar within each epoch and a line per epoch; or JSON events; or none.
 
-    def __init__(self, mode: Literal["rich", "json", "quiet"] = "rich") -> None:
+    Modes: ``rich`` (terminal), ``notebook`` (Jupyter: one HTML block per run, updated in place with
+    a progress bar and a table of epochs), ``json`` (event lines), ``quiet``. ``auto`` picks
+    ``notebook`` inside a Jupyter kernel and ``rich`` elsewhere; ``rich`` in a kernel also becomes
+    ``notebook``, because rich's live bars need ipywidgets there and otherwise show nothing.
+    """
+
+    NOTEBOOK_REFRESH = 0.5  # seconds between in-place updates: every step would flood the front end
+
+    def __init__(self, mode: Literal["auto", "rich", "notebook", "json", "quiet"] = "rich") -> None:
+        if mode in ("auto", "rich"):
+            mode = "notebook" if self.in_notebook() else "rich"
         self.mode = mode
         self._progress = None
         self._task = None
@@ -197,6 +213,22 @@ class Reporter:
             from rich.console import Console
 
             self.console = Console(stderr=False)
+        # notebook mode: what the HTML block shows, and the handle that updates it
+        self._handle: Any = None
+        self._lines: list[str] = []
+        self._rows: list[dict[str, float]] = []
+        self._bar: dict[str, Any] | None = None
+        self._shown_at = 0.0
+
+    @staticmethod
+    def in_notebook() -> bool:
+        """True inside a Jupyter kernel (IPython over ZMQ), not in a terminal IPython or plain Python."""
+        if "IPython" not in sys.modules:  # never import IPython just to ask
+            return False
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
     def event(self, kind: str, **data: Any) -> None:
         if self.mode == "json":
@@ -205,12 +237,20 @@ class Reporter:
 
     def config(self, config: TrainConfig, run_dir: Path) -> None:
         self.event("config", config=config.to_dict(), run_dir=str(run_dir))
+        defaults = TrainConfig()
+        if self.mode == "notebook":
+            # One line: the recipe and what differs from it (the full table would fill the screen).
+            recipe = recipe_config(config.recipe) if config.recipe in RECIPES else defaults
+            changed = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)
+                       if getattr(config, f.name) != getattr(recipe, f.name) and f.name not in ("runs_dir", "recipe")]
+            self._lines.append(f"digitlab train -> {run_dir}: recipe {config.recipe}"
+                               + (f" with {', '.join(changed)}" if changed else ""))
+            self._show(force=True)
         if self.mode != "rich":
             return
         from rich.table import Table
 
         table = Table(title=f"digitlab train -> {run_dir}", show_header=False, box=None, pad_edge=False)
-        defaults = TrainConfig()
         for f in fields(config):
             value = getattr(config, f.name)
             style = "bold" if value != getattr(defaults, f.name) else "dim"
@@ -221,9 +261,27 @@ class Reporter:
         self.event("message", text=text)
         if self.mode == "rich":
             self.console.print(text)
+        elif self.mode == "notebook":
+            self._lines.extend(text.splitlines())
+            self._show(force=True)
 
     @contextmanager
     def epoch_bar(self, epoch: int, epochs: int, steps: int) -> Iterator[Callable[[float], None]]:
+        if self.mode == "notebook":
+            self._bar = {"epoch": epoch, "epochs": epochs, "steps": steps, "done": 0, "loss": float("nan"),
+                         "start": time.perf_counter()}
+
+            def step(loss: float) -> None:
+                assert self._bar is not None
+                self._bar["done"] += 1
+                self._bar["loss"] = loss
+                self._show(force=self._bar["done"] == steps)
+
+            try:
+                yield step
+            finally:
+                self._bar = None  # transient, as the rich bar: the epoch's row replaces it
+            return
         if self.mode != "rich":
             yield lambda loss: None
             return
@@ -243,6 +301,10 @@ class Reporter:
 
     def epoch_end(self, row: dict[str, float], epochs: int) -> None:
         self.event("epoch", **row)
+        if self.mode == "notebook":
+            self._rows.append(dict(row))
+            self._show(force=True)
+            return
         if self.mode != "rich":
             return
         val = ""
@@ -252,6 +314,68 @@ class Reporter:
             f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
             f"{val}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
         )
+
+    # --- notebook mode: one display block, replaced in place ----------------------------------------
+
+    _COLUMNS = (("epoch", "epoch", "{:.0f}"), ("train_loss", "train loss", "{:.4f}"),
+                ("train_acc", "train acc", "{:.2%}"), ("val_loss", "val loss", "{:.4f}"),
+                ("val_acc", "val acc", "{:.2%}"), ("lr", "lr", "{:.3g}"), ("seconds", "time", "{:.1f}s"))
+
+    def _bar_text(self) -> tuple[str, float] | None:
+        """The current epoch's bar as text and its done fraction (None between epochs)."""
+        b = self._bar
+        if b is None:
+            return None
+        elapsed = time.perf_counter() - b["start"]
+        left = elapsed / b["done"] * (b["steps"] - b["done"]) if b["done"] else float("nan")
+        eta = f"{int(left // 60)}:{int(left % 60):02d} left" if math.isfinite(left) else ""
+        loss = f"loss {b['loss']:.4f}" if math.isfinite(b["loss"]) else ""
+        text = f"epoch {b['epoch']}/{b['epochs']}  {b['done']}/{b['steps']}  {loss}  {eta}".rstrip()
+        return text, b["done"] / max(1, b["steps"])
+
+    def _render(self) -> dict[str, str]:
+        import html
+
+        plain = list(self._lines)
+        parts = [f"<div>{html.escape(line)}</div>" for line in self._lines]
+        if self._rows:
+            cols = [c for c in self._COLUMNS if any(math.isfinite(r.get(c[0], float("nan"))) for r in self._rows)]
+
+            def cell(row: dict[str, float], key: str, fmt: str) -> str:
+                v = row.get(key, float("nan"))
+                return fmt.format(v) if math.isfinite(v) else ""
+
+            head = "".join(f"<th>{name}</th>" for _, name, _ in cols)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{cell(r, k, f)}</td>" for k, _, f in cols) + "</tr>" for r in self._rows
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            plain.append("".join(f"{name:>11}" for _, name, _ in cols))
+            plain += ["".join(f"{cell(r, k, f):>11}" for k, _, f in cols) for r in self._rows]
+        bar = self._bar_text()  # below the finished epochs, as in a terminal
+        if bar is not None:
+            text, frac = bar
+            width = 30
+            plain.append(f"[{'#' * round(frac * width):<{width}}] {text}")
+            parts.append(
+                f'<div><progress value="{frac:.4f}" max="1" style="width:18em;vertical-align:middle"></progress>'
+                f" {html.escape(text)}</div>"
+            )
+        style = "font-family:var(--jp-code-font-family,monospace);font-size:90%"
+        return {"text/html": f'<div style="{style}">{"".join(parts)}</div>', "text/plain": "\n".join(plain)}
+
+    def _show(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if (not force and now - self._shown_at < self.NOTEBOOK_REFRESH) or not self.in_notebook():
+            return  # outside a kernel IPython's display would print the raw dict
+        self._shown_at = now
+        from IPython.display import display
+
+        data = self._render()
+        if self._handle is None:
+            self._handle = display(data, raw=True, display_id=True)
+        else:
+            self._handle.update(data, raw=True)
 
 
 # --- checkpoints (safetensors + JSON: no pickle) ----------------------------------------------
@@ -305,7 +429,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
             "epoch": state["epoch"], "step": state["step"], "train_seconds": state["train_seconds"],
             "history": state["history"], "optimizer": opt_meta, "best_score": state.get("best_score"),
             "best_epoch": state.get("best_epoch"), "bad_epochs": state.get("bad_epochs", 0),
-            "stopped_early": state.get("stopped_early", False),
+            "stopped_early": state.get("stopped_early", False), "world_size": state.get("world_size", 1),
         },
     )
 
@@ -375,11 +499,54 @@ def train(
     """Train a model and return its Run. ``resume`` continues an interrupted run from its checkpoint.
 
     ``epochs`` given with ``resume`` extends the run to that many epochs in total.
-    """
-    from digitlab import data as dl
-    from digitlab.models import build_model, init_weights
 
-    reporter = Reporter(progress)
+    Data-parallel (docs/distributed.md): under torchrun every process calls this and trains on its
+    shard of each epoch; rank 0 writes the run folder and the other ranks return the same Run once it
+    is written (None when they cannot see rank 0's folder, e.g. on another machine). Outside
+    torchrun, ``config.nproc > 1`` (or resuming a run made by several processes) starts torchrun on
+    this machine and returns the finished Run.
+    """
+    if not dd.launched():
+        nproc = _saved_world_size(resume) if resume is not None else (config.nproc if config else 1)
+        if nproc > 1:
+            return _launch(nproc, config, resume, progress, callbacks, epochs)
+    with dd.session():
+        return _train(config, resume=resume, progress=progress, callbacks=callbacks, epochs=epochs)
+
+
+def _saved_world_size(resume: str | Path) -> int:
+    try:
+        meta = json.loads((resolve_run(resume) / "checkpoint" / "state.json").read_text(encoding="utf-8"))
+        return int(meta.get("world_size", 1))
+    except (OSError, ValueError):
+        return 1  # _open_run explains what is wrong with the folder
+
+
+def _launch(nproc, config, resume, progress, callbacks, epochs) -> Run:  # noqa: ANN001
+    """``digitlab train`` in ``nproc`` processes of this machine (torchrun --standalone), then its Run."""
+    if callbacks:
+        raise ConfigError("Callbacks cannot reach the processes that nproc starts: train with nproc=1, or start "
+                          "torchrun yourself and pass the callbacks in every process.")
+    flags = {"json": ["--json"], "quiet": ["--quiet"]}.get(progress, [])
+    if resume is not None:
+        run_dir = resolve_run(resume)
+        dd.launch_local(nproc, ["train", "--resume", str(run_dir), *(["--epochs", str(epochs)] if epochs else []),
+                                *flags])
+        return Run.load(run_dir)
+    validate(config)
+    # The folder is named here, so that this process knows which one the workers fill.
+    run_dir = _new_run_dir(config)
+    with tempfile.TemporaryDirectory(prefix="digitlab-nproc-") as tmp:
+        path = Path(tmp) / "config.json"
+        atomic_write_json(path, config.replace(name=run_dir.name).to_dict())
+        dd.launch_local(nproc, ["train", "--config", str(path), *flags])
+    return Run.load(run_dir)
+
+
+def _open_run(
+    config: TrainConfig | None, resume: str | Path | None, epochs: int | None
+) -> tuple[Path, TrainConfig, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
+    """The run folder, the effective config and, when resuming, the checkpoint (run by rank 0 only)."""
     resumed: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
     if resume is not None:
         run_dir = resolve_run(resume)
@@ -390,14 +557,38 @@ def train(
         if epochs is not None:
             config = config.replace(epochs=epochs)
         resumed = load_checkpoint(run_dir)
+        saved_world = resumed[1].get("world_size", 1)
+        if saved_world != dd.world_size():
+            # Shards, steps per epoch and the scaled learning rate all depend on the number of processes.
+            raise ConfigError(
+                f"Run '{run_dir}' was trained by {saved_world} process(es) but is resumed by {dd.world_size()}: "
+                f"resume it with the same number ('digitlab train --resume {run_dir}' alone restarts {saved_world} "
+                f"on this machine; torchrun needs {saved_world} processes in all)."
+            )
     else:
         config = config or TrainConfig()
         validate(config)
         run_dir = _new_run_dir(config)
     validate(config)
+    return run_dir, config, resumed
 
-    threads = set_threads(config.threads)
-    device = resolve_device(config.device)
+
+def _train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    progress: Literal["rich", "json", "quiet"] = "rich",
+    callbacks: list[Callback] | None = None,
+    epochs: int | None = None,
+) -> Run:
+    from digitlab import data as dl
+    from digitlab.models import build_model, init_weights
+
+    reporter = Reporter(progress if dd.is_main() else "quiet")
+    run_dir, config, resumed = dd.from_main(lambda: _open_run(config, resume, epochs))
+
+    threads = set_threads(config.threads or dd.threads_per_process())
+    device = dd.local_device(resolve_device(config.device))
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     gen = seed_everything(config.seed)
@@ -438,11 +629,13 @@ def train(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model.parameters())
-    step_fn = torch.compile(model) if config.compile else model
+    ddp_model = dd.wrap_model(model, device)  # the model itself for one process
+    step_fn = torch.compile(ddp_model) if config.compile else ddp_model
+    lr_scale = dd.lr_factor(config.lr_scaling)
     bf16 = use_bf16(config.precision, device)
 
     n = len(xs["train"])
-    steps_per_epoch = math.ceil(n / config.batch_size)
+    steps_per_epoch = math.ceil(dd.shard_size(n) / config.batch_size)
     history: list[dict[str, float]] = []
     start_epoch, step, train_seconds = 0, 0, 0.0
     best_score: float | None = None
@@ -463,7 +656,7 @@ def train(
         history, best_score, best_epoch = meta["history"], meta["best_score"], meta["best_epoch"]
         bad_epochs, stopped_early = meta["bad_epochs"], meta["stopped_early"]
         reporter.message(f"resuming {run_dir} at epoch {start_epoch + 1}/{config.epochs}")
-    else:
+    elif dd.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", config.to_dict())
 
@@ -472,14 +665,22 @@ def train(
         f"{ds.name}: {len(train_x)} train / {len(sp.val_x)} val / {len(sp.test_x)} test images; "
         f"model {config.model} on {device} with {threads} threads"
     )
-    tb = _TensorBoard(run_dir / "tensorboard", ds.classes) if config.tensorboard else None
+    if dd.enabled():
+        reporter.message(
+            f"data-parallel: {dd.world_size()} processes ({dd.backend()}); batch {config.batch_size} per process, "
+            f"{config.batch_size * dd.world_size()} in all; lr {config.lr:g} x {lr_scale:g} ({config.lr_scaling} "
+            f"scaling) = {config.lr * lr_scale:g}; {steps_per_epoch} steps per epoch"
+        )
+    tb = _TensorBoard(run_dir / "tensorboard", ds.classes) if config.tensorboard and dd.is_main() else None
 
     def checkpoint(epoch: int) -> None:
+        if not dd.is_main():
+            return
         save_checkpoint(
             run_dir,
             dict(model=model, optimizer=optimizer, gen=gen, epoch=epoch, step=step, train_seconds=train_seconds,
                  history=history, best_state=best_state, best_score=best_score, best_epoch=best_epoch,
-                 bad_epochs=bad_epochs, stopped_early=stopped_early),
+                 bad_epochs=bad_epochs, stopped_early=stopped_early, world_size=dd.world_size()),
         )
 
     if resumed is None:
@@ -498,7 +699,8 @@ def train(
                 break
             model.train()
             t_epoch = time.perf_counter()
-            perm = torch.randperm(n, generator=gen).to(device)
+            perm = dd.shard(torch.randperm(n, generator=gen)).to(device)  # same seed: ranks agree on it
+            aug_gen = dd.epoch_generator(gen, config.seed, epoch)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             with reporter.epoch_bar(epoch + 1, config.epochs, steps_per_epoch) as advance:
@@ -507,8 +709,8 @@ def train(
                     idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
                     xb, yb = xs["train"][idx], ys["train"][idx]
                     if config.augment:
-                        xb = augment_batch(xb.unsqueeze(1).float(), config, gen).squeeze(1)
-                    lr = lr_at(config, step, steps_per_epoch)
+                        xb = augment_batch(xb.unsqueeze(1).float(), config, aug_gen).squeeze(1)
+                    lr = lr_at(config, step, steps_per_epoch) * lr_scale
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     # Autocast runs convolutions and matmuls in bf16; weights, optimizer and loss stay fp32.
@@ -533,17 +735,18 @@ def train(
                     advance(loss_v)
                     if callbacks:
                         state.epoch, state.step, state.train_seconds = epoch, step, train_seconds
-                        if any(cb(state) for cb in callbacks):
+                        if dd.any_rank(any(cb(state) for cb in callbacks)):
                             stop = True
                             break
-            seen = min(n, (b + 1) * config.batch_size)
+            seen = min(dd.shard_size(n), (b + 1) * config.batch_size)
+            loss_total, correct_total, seen = dd.sum_all(loss_sum.item(), correct.item(), seen)
             row: dict[str, float] = {
                 "epoch": epoch + 1,
-                "train_loss": loss_sum.item() / seen,
-                "train_acc": correct.item() / seen,
+                "train_loss": loss_total / seen,
+                "train_acc": correct_total / seen,
                 "lr": lr,
             }
-            val_probs = predict_proba(model, xs["val"], scale, config.eval_batch_size)
+            val_probs = dd.map_rows(lambda x: predict_proba(model, x, scale, config.eval_batch_size), xs["val"])
             row["val_loss"], row["val_acc"] = _loss_acc(val_probs, ys["val"])
             row["seconds"] = time.perf_counter() - t_epoch
             row["train_seconds"] = train_seconds
@@ -571,7 +774,8 @@ def train(
                         f"(best {best_score:.4f} at epoch {best_epoch})"
                     )
             state.epoch, state.train_seconds = epoch + 1, train_seconds
-            write_history(run_dir, history)
+            if dd.is_main():
+                write_history(run_dir, history)
             checkpoint(epoch + 1)
     except KeyboardInterrupt:
         interrupted = True
@@ -590,7 +794,12 @@ def train(
         model.load_state_dict(best_state)
         reporter.message(f"restored the weights of epoch {best_epoch} (best {config.monitor})")
 
-    return _finish(run_dir, config, ds, sp, model, scaler, xs, ys, scale, history, train_seconds, reporter)
+    if not dd.is_main():
+        dd.barrier()  # rank 0 evaluates and writes the run folder; then every rank returns it
+        return Run.load(run_dir) if (run_dir / "metrics.json").is_file() else None
+    run = _finish(run_dir, config, ds, sp, model, scaler, xs, ys, scale, history, train_seconds, reporter)
+    dd.barrier()
+    return run
 
 
 FINAL_TRAIN_EVAL = 10_000  # training images scored for metrics.json (a fixed random sample)

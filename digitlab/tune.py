@@ -18,7 +18,9 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -35,12 +37,17 @@ SAMPLERS = ("tpe", "random", "grid")
 LOG_SCALE = ("lr", "weight_decay")
 # Fields a trial may never change: where data and runs live, and the run's identity.
 _NOT_SEARCHABLE = ("data_dir", "name", "runs_dir", "recipe", "model_options", "betas", "resume", "report",
-                   "tensorboard", "threads", "device")
+                   "tensorboard", "threads", "device", "nproc")
 _CONFIG_FIELDS = {f.name for f in fields(TrainConfig)} - set(_NOT_SEARCHABLE)
 # Median pruning: no trial is pruned before this many trials finished, nor before it has this many
 # epochs of validation accuracy to compare.
 PRUNER_STARTUP_TRIALS = 4
 PRUNER_WARMUP_EPOCHS = 2
+# Shared studies (docs/distributed.md): a running trial beats every HEARTBEAT seconds; one silent for
+# twice that (its worker died) is marked failed by the next worker and run again, at most RETRIES times.
+HEARTBEAT_SECONDS = 60
+RETRIES = 2
+SQLITE_TIMEOUT_SECONDS = 60  # how long a worker waits for another's write lock on a shared SQLite file
 
 
 # --- the search space ----------------------------------------------------------------------------
@@ -511,11 +518,32 @@ def _make_sampler(name: str, space: SearchSpace, seed: int | None, grid_points: 
     raise ConfigError(f"Unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}.")
 
 
+def _rdb_storage(url: str) -> Any:
+    """An SQLAlchemy storage made for several workers: heartbeats, retried trials of dead workers, and
+    SQLite writers that wait for each other's locks instead of failing after SQLAlchemy's 5 s."""
+    import optuna
+
+    if not url.startswith(("sqlite", "postgresql", "mysql", "oracle", "mssql")):
+        return url  # let optuna judge (and explain) anything else
+    engine: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats and retries are marked experimental
+        if retry is not None:
+            callback = {"heartbeat_stale_trial_callback": retry(max_retry=RETRIES)}
+        else:  # optuna < 4.4
+            callback = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=RETRIES)}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+                                          grace_period=2 * HEARTBEAT_SECONDS, **callback)
+
+
 def _open_study(url: str, name: str, sampler: Any, pruner: Any, attempts: int = 6) -> Any:
     import optuna
 
     def create() -> Any:
-        return optuna.create_study(storage=url, study_name=name, sampler=sampler, pruner=pruner,
+        return optuna.create_study(storage=_rdb_storage(url), study_name=name, sampler=sampler, pruner=pruner,
                                    direction="maximize", load_if_exists=True)
 
     try:
@@ -539,6 +567,10 @@ def _open_study(url: str, name: str, sampler: Any, pruner: Any, attempts: int = 
         ) from exc
 
 
+# Which process ran a trial (host:pid): the trials table of a shared study tells the workers apart.
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _objective(space: SearchSpace, base: TrainConfig, tmp_root: Path, prune: bool) -> Any:
     import optuna
 
@@ -548,6 +580,7 @@ def _objective(space: SearchSpace, base: TrainConfig, tmp_root: Path, prune: boo
         config = space.sample(trial, base)
         saved = {k: v for k, v in config.to_dict().items() if k not in ("runs_dir", "name")}
         trial.set_user_attr("config", saved)
+        trial.set_user_attr("worker", _WORKER)
         config = config.replace(runs_dir=str(tmp_root), name=f"trial-{trial.number}", report=False,
                                 tensorboard=False)
         reported = 0
@@ -682,11 +715,11 @@ def tune(
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
 
-    return _summarize(study, tune_dir, url, new_trials, final, reporter)
+    return _summarize(study, tune_dir, url, new_trials, final, reporter, force_final=n_trials == 0)
 
 
 def _summarize(study: Any, tune_dir: Path, url: str, new_trials: list[int], final: bool,
-               reporter: _Reporter) -> TuneResult:
+               reporter: _Reporter, force_final: bool = False) -> TuneResult:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -710,6 +743,12 @@ def _summarize(study: Any, tune_dir: Path, url: str, new_trials: list[int], fina
         final = False
         notes.append(f"{len(running)} trial(s) of other workers are still running: the last worker to finish "
                      "retrains and tests the best trial (or run the command again with --n-trials 0).")
+    recorded = study.user_attrs.get("final") or {}
+    if final and recorded.get("trial") != best.number and not force_final and not _claim_final(url, study, best):
+        # Another worker took this best trial's retraining: it records the test result in the study.
+        final = False
+        notes.append(f"another worker is retraining the best trial #{best.number}; its test accuracy is recorded in "
+                     "the study (see it with --n-trials 0).")
     if final:
         final_run, test_acc = _final_run(study, best, tune_dir, reporter)
     else:
@@ -726,6 +765,21 @@ def _summarize(study: Any, tune_dir: Path, url: str, new_trials: list[int], fina
     atomic_write_json(tune_dir / "result.json", result.to_dict())
     reporter.event("result", **result.to_dict())
     return result
+
+
+def _claim_final(url: str, study: Any, best: Any) -> bool:
+    """Whether this process may retrain ``best``: the first to create a marker study wins.
+
+    Study names are unique in the storage, so creating ``STUDY:final-N`` is an atomic claim even
+    between workers on several machines that finish at the same moment.
+    """
+    import optuna
+
+    try:
+        optuna.create_study(storage=_rdb_storage(url), study_name=f"{study.study_name}:final-{best.number}")
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+    return True
 
 
 def _final_run(study: Any, best: Any, tune_dir: Path, reporter: _Reporter) -> tuple[Path, float]:

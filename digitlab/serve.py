@@ -1,0 +1,660 @@
+"""The HTTP API and the draw-a-digit page over one ``Predictor``.
+
+``create_app(run)`` loads the model once and returns a FastAPI app:
+
+    POST /v1/predict        one image: multipart upload, raw image body, JSON {"image": base64}
+                            or JSON {"pixels": 28x28 array of 0..255}
+    POST /v1/predict/batch  up to 256 images (multipart files or JSON {"images": [...]})
+    POST /v1/read           a field holding a row of digits (``digitlab.predict.read_field``)
+    GET  /v1/model, /healthz, /docs (OpenAPI), / (the page in ``digitlab/static``)
+
+Bad input is answered with a 4xx and a JSON body ``{"error": slug, "detail": sentence}``, never a
+500: bodies are capped at 5 MB by an ASGI middleware before they are read, and images go through
+``digitlab.preprocess``, which refuses oversized pictures by their header before decoding them.
+
+Uploaded images are decoded and preprocessed in a small pool of worker processes (they would
+otherwise share the GIL with the HTTP handling); inference runs on one dedicated thread that
+takes every request waiting in its queue as one batch (adaptive micro-batching: no added delay
+when idle, large batches under load, one forward at a time so the model is never used
+concurrently). Request parsing avoids pydantic in the hot
+path; JSON is read and written with the standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import json
+import math
+import os
+import queue
+import socket
+import sys
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+
+from digitlab.errors import ConfigError, DigitlabError, ImageError
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+MAX_BATCH = 256
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class ApiError(Exception):
+    """A 4xx answer: HTTP status, a short slug and one sentence for the user."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _error_body(error: str, detail: Any) -> bytes:
+    return _json_bytes({"error": error, "detail": detail})
+
+
+# --- body size limit (pure ASGI, so an oversized upload is never buffered) ----------------------
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Answer 413 to a request whose body is over ``limit`` bytes, declared or streamed."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def _reply(self, send: Any, status: int, error: str, detail: str) -> None:
+        body = _error_body(error, detail)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"The request body is over the {self.limit // 2**20} MB limit; send a smaller image."
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._reply(send, 400, "bad_request", "The Content-Length header is not a number.")
+                    return
+                if declared > self.limit:
+                    await self._reply(send, 413, "body_too_large", too_large)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reply(send, 413, "body_too_large", too_large)
+
+
+# --- inference: one thread, adaptive batches ------------------------------------------------------
+
+
+class Batcher:
+    """Runs ``predictor.predict_proba`` on one thread, batching every request waiting in the queue.
+
+    While a forward pass runs, new requests queue up and go into the next batch together, so the
+    batch size follows the load. ``window`` (seconds) optionally waits that long for more requests
+    after the first one arrives.
+    """
+
+    def __init__(self, predictor: Any, max_batch: int = 1024, window: float = 0.0) -> None:
+        self.predictor, self.max_batch, self.window = predictor, max_batch, window
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.images = 0
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="digitlab-inference", daemon=True)
+                    self._thread.start()
+
+    def submit(self, images: np.ndarray) -> concurrent.futures.Future:
+        """Queue uint8 images (N, H, W); the future resolves to their probabilities (N, K)."""
+        self._ensure_thread()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((images, fut))
+        return fut
+
+    async def predict(self, images: np.ndarray) -> np.ndarray:
+        return await asyncio.wrap_future(self.submit(images))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _loop(self) -> None:
+        import time
+
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            items = [item]
+            count = len(item[0])
+            deadline = time.perf_counter() + self.window
+            while count < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    try:
+                        nxt = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                items.append(nxt)
+                count += len(nxt[0])
+            self._run(items)
+
+    def _run(self, items: list[tuple[np.ndarray, concurrent.futures.Future]]) -> None:
+        try:
+            x = items[0][0] if len(items) == 1 else np.concatenate([i for i, _ in items])
+            probs = self.predictor.predict_proba(x)
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which reports it
+            for _, fut in items:
+                fut.set_exception(exc)
+            return
+        self.batches += 1
+        self.images += len(x)
+        start = 0
+        for images, fut in items:
+            fut.set_result(probs[start : start + len(images)])
+            start += len(images)
+
+
+# --- parsing requests ---------------------------------------------------------------------------
+
+
+def _decode_base64(text: Any, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise ApiError(422, "invalid_request", f"{where} must be a base64 string.")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]  # data URL from canvas.toDataURL()
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", f"{where} is not valid base64; encode the image file's bytes.") from None
+
+
+class Inputs:
+    """What a request asked to classify, before preprocessing: encoded images or pixel arrays."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+        shape = tuple(predictor.input_shape[1:])
+        self.shape = shape
+        self.max_value = float(predictor.meta.get("max_value", predictor.scaler.to_dict().get("max_value", 255)))
+
+    def pixels(self, value: Any, where: str) -> np.ndarray:
+        """A JSON array in the model's input format -> uint8 (H, W), or a 422 naming the problem."""
+        h, w = self.shape
+        top = int(self.max_value)
+        if not isinstance(value, list):
+            raise ApiError(422, "invalid_pixels", f"{where} must be a {h}x{w} array of numbers from 0 to {top}.")
+        try:
+            a = np.asarray(value, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise ApiError(422, "invalid_pixels", f"{where} must be a {h}x{w} array of numbers "
+                           f"(rows of equal length) from 0 to {top}.") from None
+        if a.shape != (h, w):
+            raise ApiError(422, "invalid_pixels", f"{where} has shape {list(a.shape)}; the model takes {h}x{w}.")
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > self.max_value:
+            raise ApiError(422, "invalid_pixels", f"{where} has values outside 0..{top}; scale the pixels to 0..{top}.")
+        return np.round(a).astype(np.uint8)
+
+    def item(self, obj: Any, where: str) -> tuple[str, Any]:
+        """One JSON image description -> ("bytes", data) | ("pixels", array) | ("raw", array)."""
+        if not isinstance(obj, dict):
+            raise ApiError(422, "invalid_request", f"{where} must be an object with 'image' (base64) or 'pixels'.")
+        has_image, has_pixels = "image" in obj, "pixels" in obj
+        if has_image == has_pixels:
+            raise ApiError(422, "invalid_request",
+                           f"{where} must have exactly one of 'image' (base64 file) or 'pixels' (array).")
+        unknown = set(obj) - {"image", "pixels", "preprocess"}
+        if unknown:
+            raise ApiError(422, "invalid_request", f"{where} has unknown field(s) {', '.join(sorted(unknown))}.")
+        if has_image:
+            return "bytes", _decode_base64(obj["image"], f"{where}.image")
+        pre = obj.get("preprocess", False)
+        if not isinstance(pre, bool):
+            raise ApiError(422, "invalid_request", f"{where}.preprocess must be true or false.")
+        if pre:
+            return "raw", self._any_pixels(obj["pixels"], f"{where}.pixels")
+        return "pixels", self.pixels(obj["pixels"], f"{where}.pixels")
+
+    def _any_pixels(self, value: Any, where: str) -> np.ndarray:
+        # A drawing of any size that still needs the MNIST treatment (centring, 20 px box).
+        try:
+            a = np.asarray(value, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of numbers from 0 to 255.") from None
+        if a.ndim != 2 or min(a.shape) < 1 or a.size > 4_000_000:
+            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of at most 4 million numbers.")
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
+            raise ApiError(422, "invalid_pixels", f"{where} has values outside 0..255.")
+        return np.round(a).astype(np.uint8)
+
+
+async def _parse_json(request: Request) -> Any:
+    body = await request.body()
+    if not body.strip():
+        raise ApiError(400, "empty_body", "The request body is empty; send an image or a JSON object.")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The request body is not valid JSON ({exc}).") from None
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _uploads(request: Request) -> list[bytes]:
+    """The files of a multipart form, in order (whatever their field names)."""
+    try:
+        form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH, max_part_size=MAX_BODY_BYTES)
+    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for broken forms
+        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+        raise ApiError(400, "invalid_multipart", f"The multipart form cannot be read ({detail}).") from None
+    files = []
+    try:
+        for _, value in form.multi_items():
+            if hasattr(value, "read"):
+                files.append(await value.read())
+    finally:
+        await form.close()
+    if not files:
+        raise ApiError(422, "no_file", "The form holds no file; upload the image as a file field named 'file'.")
+    return files
+
+
+async def _request_items(request: Request, inputs: Inputs, batch: bool) -> list[tuple[str, Any]]:
+    """Every image of a request as (kind, payload); raises ApiError for bodies that cannot be used."""
+    ctype = _content_type(request)
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        files = await _uploads(request)
+        if not batch and len(files) > 1:
+            raise ApiError(422, "too_many_files", "Upload one file here; send several to /v1/predict/batch.")
+        return [("bytes", f) for f in files]
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        body = await request.body()
+        if not body:
+            raise ApiError(400, "empty_body", "The request body is empty; send the bytes of an image file.")
+        return [("bytes", body)]
+    if ctype in ("", "application/json") or ctype.endswith("+json"):
+        obj = await _parse_json(request)
+        if not batch:
+            return [inputs.item(obj, "The body")]
+        if not isinstance(obj, dict) or set(obj) != {"images"} or not isinstance(obj["images"], list):
+            raise ApiError(422, "invalid_request", 'The body must be {"images": [...]} with one object per image.')
+        images = obj["images"]
+        if not images:
+            raise ApiError(422, "invalid_request", "The list of images is empty; send 1 to 256 images.")
+        if len(images) > MAX_BATCH:
+            raise ApiError(422, "too_many_images",
+                           f"{len(images)} images is over the limit of {MAX_BATCH}; split them into smaller batches.")
+        return [inputs.item(o, f"images[{i}]") for i, o in enumerate(images)]
+    raise ApiError(415, "unsupported_media_type",
+                   f"Content type '{ctype}' is not accepted; send multipart/form-data, application/json or image/*.")
+
+
+def _preprocess_job(data: Any, target: str) -> np.ndarray:
+    from digitlab.preprocess import preprocess
+
+    return preprocess(data, target, "The uploaded image" if isinstance(data, bytes) else "The pixel array")
+
+
+class Preprocessor:
+    """Runs ``digitlab.preprocess`` off the event loop: in a pool of processes (``workers`` > 0,
+    so decoding and the MNIST pipeline use every core instead of sharing the GIL with HTTP) or in
+    threads. A worker that dies (out of memory, say) costs only its request: the pool is rebuilt."""
+
+    def __init__(self, target: str, workers: int = 0) -> None:
+        self.target, self.workers = target, workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        if workers:
+            self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        import multiprocessing
+
+        # forkserver: never fork this process (it runs torch's and uvicorn's threads).
+        ctx = multiprocessing.get_context("forkserver")
+        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx)
+
+    def warm_up(self) -> None:
+        """Start the worker processes now rather than on the first request."""
+        if self._pool is not None:
+            list(self._pool.map(_noop, range(self.workers * 2)))
+
+    async def run(self, payloads: list[Any]) -> list[np.ndarray | ApiError]:
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        futs = [loop.run_in_executor(pool, _preprocess_job, p, self.target) for p in payloads]
+        out: list[np.ndarray | ApiError] = []
+        for fut in futs:
+            try:
+                out.append(await fut)
+            except ImageError as exc:
+                out.append(ApiError(422, "invalid_image", str(exc)))
+            except concurrent.futures.process.BrokenProcessPool:
+                with self._lock:
+                    if self._pool is pool and pool is not None:
+                        self._pool = self._new_pool()
+                out.append(ApiError(503, "worker_failed", "The image worker stopped while reading this image; "
+                                    "send a smaller image or try again."))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _noop(i: int) -> int:
+    return i
+
+
+# --- the app ---------------------------------------------------------------------------------------
+
+
+_IMAGE_BODY = {
+    "multipart/form-data": {"schema": {"type": "object",
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "application/json": {
+        "schema": {
+            "oneOf": [
+                {"type": "object", "required": ["image"],
+                 "properties": {"image": {"type": "string", "description": "base64 file (or data URL)"}}},
+                {"type": "object", "required": ["pixels"],
+                 "properties": {"pixels": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                                           "description": "28x28 values 0..255, light ink on black (MNIST)"},
+                                "preprocess": {"type": "boolean", "default": False,
+                                               "description": "centre and scale like MNIST first"}}},
+            ]
+        }
+    },
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+}
+_BATCH_BODY = {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    "application/json": {"schema": {"type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "maxItems": MAX_BATCH, "items": _IMAGE_BODY["application/json"]["schema"]}}}},
+}
+_ERRORS = {
+    str(code): {"description": text, "content": {"application/json": {"example": {"error": slug, "detail": "..."}}}}
+    for code, slug, text in [
+        (400, "empty_body", "empty or unparseable body"),
+        (413, "body_too_large", "body over 5 MB"),
+        (415, "unsupported_media_type", "unknown content type"),
+        (422, "invalid_image", "an image that cannot be used, or a wrong JSON shape or value"),
+    ]
+}
+
+
+def create_app(
+    run: str | Path | Any,
+    runtime: str = "torch",
+    threshold: float | None = None,
+    window: float = 0.0,
+    max_body: int = MAX_BODY_BYTES,
+    workers: int = 0,
+) -> FastAPI:
+    """The FastAPI app of a run (name, folder or a ready ``Predictor``)."""
+    import digitlab
+    from digitlab.models import count_parameters
+    from digitlab.predict import Predictor, read_field
+
+    predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, threshold=threshold, runtime=runtime)
+    batcher = Batcher(predictor, window=window)
+    preprocessor = Preprocessor(predictor.target, workers)
+    inputs = Inputs(predictor)
+    meta = predictor.meta
+    test_accuracy = meta.get("test_accuracy")
+    model_info = {
+        "name": predictor.name,
+        "run": predictor.path.name if predictor.path else None,
+        "dataset": meta.get("dataset"),
+        "classes": predictor.classes,
+        "input_shape": list(predictor.input_shape),
+        "parameters": count_parameters(predictor.model),
+        "test_accuracy": test_accuracy,
+        "threshold": predictor.threshold,
+        "runtime": predictor.runtime,
+        "preprocess": predictor.target,
+        "digitlab_version": digitlab.__version__,
+    }
+
+    @asynccontextmanager
+    async def lifespan(app: Any):  # noqa: ANN202 - starlette's lifespan protocol
+        await asyncio.get_running_loop().run_in_executor(None, preprocessor.warm_up)
+        yield
+        batcher.close()
+        preprocessor.close()
+
+    app = FastAPI(
+        title="digitlab",
+        version=digitlab.__version__,
+        description=f"Handwritten-digit classifier '{predictor.name}' ({meta.get('dataset')}). "
+        "Errors are JSON {\"error\", \"detail\"}.",
+        lifespan=lifespan,
+    )
+    app.state.predictor = predictor
+    app.state.batcher = batcher
+    app.state.preprocessor = preprocessor
+    app.add_middleware(BodyLimit, limit=max_body)
+
+    def reply(obj: Any, status: int = 200) -> Response:
+        return Response(_json_bytes(obj), status_code=status, media_type="application/json")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        return Response(_error_body(exc.error, exc.detail), exc.status, media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return Response(_error_body(slug, str(exc.detail)), exc.status_code, media_type="application/json",
+                        headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return Response(_error_body("invalid_request", str(exc.errors())), 422, media_type="application/json")
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        return Response(_error_body("internal_error", f"{type(exc).__name__}: the server failed; see its log."), 500,
+                        media_type="application/json")
+
+    async def to_inputs(items: list[tuple[str, Any]]) -> list[np.ndarray | ApiError]:
+        """Model inputs for the request's items; each image that cannot be used becomes its ApiError."""
+        todo = [p for kind, p in items if kind != "pixels"]
+        done = iter(await preprocessor.run(todo) if todo else [])
+        return [p if kind == "pixels" else next(done) for kind, p in items]
+
+    def describe(p: np.ndarray, x: np.ndarray) -> dict:
+        out = predictor.explain_probs(p[None])[0].to_dict()
+        out["input"] = x.tolist()
+        return out
+
+    @app.post("/v1/predict", summary="Classify one image", responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}})
+    async def predict(request: Request) -> Response:
+        """Class, confidence, top 3, all probabilities, unsure flag and the 28x28 input the model saw."""
+        items = await _request_items(request, inputs, batch=False)
+        (x,) = await to_inputs(items)
+        if isinstance(x, ApiError):
+            raise x
+        probs = await batcher.predict(x[None])
+        return reply(describe(probs[0], x))
+
+    @app.post("/v1/predict/batch", summary="Classify up to 256 images", responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}})
+    async def predict_batch(request: Request) -> Response:
+        """One result per image, in order; an image that cannot be used gets {"error", "detail"} in its place."""
+        items = await _request_items(request, inputs, batch=True)
+        if len(items) > MAX_BATCH:
+            raise ApiError(422, "too_many_images",
+                           f"{len(items)} images is over the limit of {MAX_BATCH}; split them into smaller batches.")
+        xs = await to_inputs(items)
+        good = [x for x in xs if not isinstance(x, ApiError)]
+        probs = await batcher.predict(np.stack(good)) if good else np.zeros((0, len(predictor.classes)))
+        results, k = [], 0
+        for x in xs:
+            if isinstance(x, ApiError):
+                results.append({"error": x.error, "detail": x.detail})
+            else:
+                results.append(describe(probs[k], x))
+                k += 1
+        return reply({"count": len(results), "ok": len(good), "results": results})
+
+    @app.post("/v1/read", summary="Read a row of handwritten digits", responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}})
+    async def read(request: Request) -> Response:
+        """The digits left to right ('?' where unsure in 'marked'), with a box (x0, y0, x1, y1) per digit."""
+        (kind, payload), = await _request_items(request, inputs, batch=False)
+
+        def work() -> dict:
+            from digitlab.preprocess import WORK_SIDE, open_image
+
+            image = open_image(payload, "The uploaded image") if kind == "bytes" else payload
+            w, h = image.size if kind == "bytes" else (payload.shape[1], payload.shape[0])
+            # read_field works on pictures reduced to WORK_SIDE: boxes go back to the sent image's pixels.
+            factor = max(1, math.ceil(max(w, h) / WORK_SIDE))
+            reading = read_field(predictor, image, name="The uploaded image")
+            out = reading.to_dict()
+            for d in out["digits"]:
+                x0, y0, x1, y1 = (v * factor for v in d["box"])
+                d["box"] = [x0, y0, min(x1, w), min(y1, h)]
+            for d, x in zip(out["digits"], reading.inputs, strict=True):
+                d["input"] = x.tolist()
+            out["size"] = [w, h]
+            return out
+
+        try:
+            return reply(await asyncio.get_running_loop().run_in_executor(None, work))
+        except ImageError as exc:
+            raise ApiError(422, "invalid_image", str(exc)) from None
+        except ConfigError as exc:
+            raise ApiError(422, "unsupported", str(exc)) from None
+
+    @app.get("/v1/model", summary="The model behind the API")
+    async def model() -> Response:
+        return reply(model_info)
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> Response:
+        return reply({"status": "ok", "model": predictor.name})
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def serve(
+    run: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    runtime: str = "torch",
+    threshold: float | None = None,
+    threads: int | None = 1,
+    window: float = 0.0,
+    workers: int | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve ``run`` under uvicorn until interrupted. Port 0 picks a free port; the URL is printed.
+
+    ``workers`` processes decode and preprocess uploaded images (default: one per core; 0: threads
+    of this process). The model itself stays in this process, loaded once.
+    """
+    import uvicorn
+
+    from digitlab.utils import set_threads
+
+    # One intra-op thread: batches are small, and the other core parses HTTP and preprocesses images.
+    set_threads(threads)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"Port {port} is not a TCP port; choose one from 1 to 65535 (0: any free port).")
+    if workers is None:
+        workers = os.cpu_count() or 1
+    app = create_app(run, runtime=runtime, threshold=threshold, window=window, workers=workers)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror}); "
+                          "choose another --port or --host.") from None
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, http="auto", loop="auto",
+                            timeout_keep_alive=30, backlog=2048)
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"digitlab serving {app.state.predictor.name} on http://{shown}:{bound}/ (API docs: /docs)", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        app.state.batcher.close()
+        app.state.preprocessor.close()
+    if not server.started:
+        raise DigitlabError(f"The server on {host}:{bound} did not start; see the messages above.")
+    sys.stdout.flush()
