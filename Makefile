@@ -24,7 +24,7 @@ run: install
 
 # (2) set up the test dependencies and run the whole test suite
 test: install-test
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadgroup
 	$(BIN)/ruff check .
 
 lint: install-test

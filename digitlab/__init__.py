@@ -19,8 +19,8 @@ _LAZY = {
     "split": "digitlab.data",
     "build_model": "digitlab.models",
     "list_models": "digitlab.models",
-    "TrainConfig": "digitlab.train",
-    "train": "digitlab.train",
+    "TrainConfig": "digitlab.training",
+    "train": "digitlab.training",
     "Run": "digitlab.runs",
     "Predictor": "digitlab.predict",
 }
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from digitlab.models import build_model, list_models  # noqa: F401
     from digitlab.predict import Predictor  # noqa: F401
     from digitlab.runs import Run  # noqa: F401
-    from digitlab.train import TrainConfig, train  # noqa: F401
+    from digitlab.training import TrainConfig, train  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

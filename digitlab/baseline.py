@@ -59,7 +59,7 @@ def baseline(
     from digitlab import data as dl
     from digitlab.evaluate import choose_threshold, evaluate_predictions
     from digitlab.models import build_model
-    from digitlab.train import _new_run_dir
+    from digitlab.training import _new_run_dir
 
     if kind not in BASELINES:
         raise ConfigError(f"Unknown baseline '{kind}': choose one of {', '.join(BASELINES)}.")
@@ -129,7 +129,7 @@ def baseline(
            "seconds": fit_seconds, "train_seconds": fit_seconds}
     write_history(run_dir, [row])
     threshold = choose_threshold(sp.val_y, split_probs["val"]) if "val" in split_probs else None
-    from digitlab.train import _preprocess_target
+    from digitlab.training import _preprocess_target
 
     save_model(run_dir, model, {
         "dataset": ds.name, "classes": list(ds.classes), "max_value": ds.max_value, "scaler": sc.to_dict(),

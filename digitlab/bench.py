@@ -152,7 +152,7 @@ class _Tracker:
 
 
 def _test_accuracy_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, scale: Callable) -> Callable[[], float]:
-    from digitlab.train import predict_proba
+    from digitlab.training import predict_proba
 
     def evaluate() -> float:
         return (predict_proba(model, x, scale, 2048).argmax(1) == y).float().mean().item()
@@ -166,7 +166,7 @@ def _run_engine(
 ) -> dict[str, Any]:
     from digitlab.config import recipe_config
     from digitlab.data import load_dataset
-    from digitlab.train import train
+    from digitlab.training import train
 
     overrides: dict[str, Any] = dict(seed=seed, runs_dir=str(runs_dir), report=False, name=f"{entry.recipe}-{seed}",
                                      threads=threads)

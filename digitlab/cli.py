@@ -121,7 +121,7 @@ def _train_command(**kwargs: object) -> None:
 
     from digitlab.config import TrainConfig, load_config_file, recipe_config
     from digitlab.errors import ConfigError
-    from digitlab.train import train
+    from digitlab.training import train
 
     resume = kwargs.pop("resume")
     quiet = kwargs.pop("quiet")

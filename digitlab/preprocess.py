@@ -145,6 +145,17 @@ def _check_pixels(size: tuple[int, int], label: str) -> None:
         raise ImageError(f"{label} has no pixels ({w}x{h}); choose another image.")
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header without decoding it; None if unreadable."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+        except Exception:  # noqa: BLE001 - any header Pillow cannot parse: the caller decides
+            return None
+
+
 def _decode(data: bytes, label: str) -> Image.Image:
     # Image.open only parses the header, so the pixel limit is checked before load() decodes.
     # Pillow's own bomb warning is turned into our error; the lock only covers header parsing
@@ -294,7 +305,32 @@ def _paper_median(grey: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Large-scale local median (the paper under shading), at ``shape``: cheap on a 32-px thumbnail."""
     small = _thumbnail(grey, 32)
     k = max(3, min(small.shape) // 2)
-    return _resize(ndi.median_filter(small, size=k, mode="nearest"), shape[1], shape[0])
+    return _resize(_median_filter(small, k), shape[1], shape[0])
+
+
+def _median_filter(a: np.ndarray, k: int) -> np.ndarray:
+    """``ndi.median_filter(a, size=k, mode="nearest")``, value for value, at about half its cost."""
+    if k == 3:
+        return _median3(a)
+    p = np.pad(a, ((k // 2, k - 1 - k // 2),) * 2, mode="edge")  # scipy's window placement
+    windows = np.lib.stride_tricks.sliding_window_view(p, (k, k)).reshape(*a.shape, k * k)
+    mid = (k * k) // 2  # scipy's rank for an even count too (the upper of the two middle values)
+    return np.partition(windows, mid, axis=-1)[..., mid]
+
+
+# Paeth's median-of-9 sorting network: 19 compare-exchanges of whole shifted images.
+_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3), (5, 8), (4, 7),
+            (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def _median3(a: np.ndarray) -> np.ndarray:
+    """3x3 median with edge pixels repeated: the same values as scipy's, several times faster."""
+    p = np.pad(a, 1, mode="edge")
+    h, w = a.shape
+    v = [p[i : i + h, j : j + w] for i in range(3) for j in range(3)]
+    for i, j in _MEDIAN9:
+        v[i], v[j] = np.minimum(v[i], v[j]), np.maximum(v[i], v[j])
+    return v[4]
 
 
 def _frame(grey: np.ndarray) -> np.ndarray:
@@ -345,7 +381,12 @@ def _noise_sigma(a: np.ndarray) -> float:
     """Pixel noise: robust spread of what a 3x3 median removes (strokes are smooth at that scale)."""
     step = max(1, math.ceil(max(a.shape) / 512))  # a sample is plenty and keeps big images cheap
     sample = a[::step, ::step]
-    return _robust_sigma(sample - ndi.median_filter(sample, size=3, mode="nearest"))
+    # Where the 3x3 neighbourhood is flat the median removes nothing; when that holds for more than
+    # half the pixels the robust spread is exactly 0, found with two cheap separable filters.
+    flat = ndi.maximum_filter(sample, size=3, mode="nearest") == ndi.minimum_filter(sample, size=3, mode="nearest")
+    if 2 * int(flat.sum()) > sample.size:
+        return 0.0
+    return _robust_sigma(sample - _median3(sample))
 
 
 def extract_ink(grey: np.ndarray, stretch_percentile: float = 80.0) -> tuple[np.ndarray, np.ndarray]:
@@ -360,7 +401,13 @@ def extract_ink(grey: np.ndarray, stretch_percentile: float = 80.0) -> tuple[np.
     h, w = grey.shape
     small = _thumbnail(grey, 128)
     k = max(3, min(small.shape) // 4)
-    bg = np.minimum(ndi.grey_opening(small, size=k), _paper_median(grey, small.shape))
+    bg = ndi.grey_opening(small, size=k)
+    # The large-scale median only caps the opening, and it is never below the darkest pixel of its
+    # 32-px thumbnail: when the opening is already at or under that level (clean paper, the usual
+    # drawing or scan) the cap changes nothing, so the costly median filter is skipped.
+    lowest = float(_thumbnail(grey, 32).min())
+    if float(bg.max()) > (lowest - 1e-6 if lowest > 0 else 0.0):
+        bg = np.minimum(bg, _paper_median(grey, small.shape))
     bg = ndi.uniform_filter(bg, size=k, mode="nearest")
     if np.percentile(bg, 99) - np.percentile(bg, 1) < 0.03:
         bg_full: np.ndarray | float = float(np.median(bg))  # even paper: keep clean inputs exact
@@ -380,8 +427,9 @@ def extract_ink(grey: np.ndarray, stretch_percentile: float = 80.0) -> tuple[np.
     top = float(np.percentile(ink_vals, stretch_percentile))
     paper_mean = float(paper_vals.mean()) if paper_vals.size else 0.0
     # Otsu splits pure noise too (its halves differ by ~1.6 sigma): ink must clear the noise.
-    needed = max(MIN_CONTRAST, 4.0 * _noise_sigma(raw))
-    if top - floor < MIN_CONTRAST or float(ink_vals.mean()) - paper_mean < needed:
+    # The noise is only measured when the contrast alone does not already settle the question.
+    contrast = float(ink_vals.mean()) - paper_mean
+    if top - floor < MIN_CONTRAST or contrast < MIN_CONTRAST or contrast < 4.0 * _noise_sigma(raw):
         return np.zeros_like(resid), np.zeros_like(mask)
     ink = np.clip((resid - floor) / (top - floor), 0.0, 1.0).astype(np.float32)
     return ink, mask

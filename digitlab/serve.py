@@ -12,12 +12,15 @@ Bad input is answered with a 4xx and a JSON body ``{"error": slug, "detail": sen
 500: bodies are capped at 5 MB by an ASGI middleware before they are read, and images go through
 ``digitlab.preprocess``, which refuses oversized pictures by their header before decoding them.
 
-Uploaded images are decoded and preprocessed in a small pool of worker processes (they would
-otherwise share the GIL with the HTTP handling); inference runs on one dedicated thread that
+Small uploaded pictures (drawings, 28x28 digits) are decoded and preprocessed in threads, larger
+ones in a small pool of worker processes (they would otherwise share the GIL with the HTTP
+handling for long); inference runs on one dedicated thread that
 takes every request waiting in its queue as one batch (adaptive micro-batching: no added delay
 when idle, large batches under load, one forward at a time so the model is never used
 concurrently). Request parsing avoids pydantic in the hot
-path; JSON is read and written with the standard library.
+path; JSON is read and written with the standard library. The startup heap is frozen out of the
+garbage collector's view (full collections of torch's heap were the JSON p99). /docs is Swagger UI
+served from ``digitlab/static``, so it works offline.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import gc
 import json
 import math
 import os
@@ -40,6 +44,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -355,10 +360,25 @@ def _preprocess_job(data: Any, target: str) -> np.ndarray:
     return preprocess(data, target, "The uploaded image" if isinstance(data, bytes) else "The pixel array")
 
 
+# Pictures up to this many pixels (a 300x300 drawing; a 28x28 digit is 784) are preprocessed in a
+# thread: ~1 ms of work, less than handing the bytes to a worker process and the array back.
+SMALL_PIXELS = 300 * 300
+
+
+def _is_small(payload: Any) -> bool:
+    from digitlab.preprocess import image_size
+
+    if isinstance(payload, np.ndarray):
+        return payload.size <= SMALL_PIXELS
+    size = image_size(payload)  # header only; an unreadable one goes to a worker, which explains
+    return size is not None and size[0] * size[1] <= SMALL_PIXELS
+
+
 class Preprocessor:
-    """Runs ``digitlab.preprocess`` off the event loop: in a pool of processes (``workers`` > 0,
-    so decoding and the MNIST pipeline use every core instead of sharing the GIL with HTTP) or in
-    threads. A worker that dies (out of memory, say) costs only its request: the pool is rebuilt."""
+    """Runs ``digitlab.preprocess`` off the event loop: small pictures in threads, larger ones in a
+    pool of processes (``workers`` > 0, so decoding and the MNIST pipeline of big photos use every
+    core instead of sharing the GIL with HTTP, and a worker that dies, out of memory say, costs
+    only its request: the pool is rebuilt). With ``workers`` 0 everything runs in threads."""
 
     def __init__(self, target: str, workers: int = 0) -> None:
         self.target, self.workers = target, workers
@@ -372,7 +392,7 @@ class Preprocessor:
 
         # forkserver: never fork this process (it runs torch's and uvicorn's threads).
         ctx = multiprocessing.get_context("forkserver")
-        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init)
 
     def warm_up(self) -> None:
         """Start the worker processes now rather than on the first request."""
@@ -382,7 +402,8 @@ class Preprocessor:
     async def run(self, payloads: list[Any]) -> list[np.ndarray | ApiError]:
         loop = asyncio.get_running_loop()
         pool = self._pool
-        futs = [loop.run_in_executor(pool, _preprocess_job, p, self.target) for p in payloads]
+        futs = [loop.run_in_executor(None if pool is None or _is_small(p) else pool, _preprocess_job, p, self.target)
+                for p in payloads]
         out: list[np.ndarray | ApiError] = []
         for fut in futs:
             try:
@@ -405,6 +426,36 @@ class Preprocessor:
 
 def _noop(i: int) -> int:
     return i
+
+
+def _freeze_heap() -> None:
+    """Move every object alive now (modules, torch, the model) out of the garbage collector's view.
+
+    Requests allocate many small objects, so full collections keep coming, and each one walked
+    the whole heap of torch and FastAPI: 12 pauses of ~200 ms in a 10-s benchmark, all clients
+    stalled (they were the JSON path's p99). After a freeze a full collection only walks what
+    was created since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def _worker_init() -> None:
+    import multiprocessing
+
+    import digitlab.preprocess  # noqa: F401 - imported now so that it is frozen too
+
+    _freeze_heap()
+    # A worker outlived a server that was stopped with SIGTERM (and kept the forkserver alive):
+    # leave as soon as the server process is gone, whatever way it ended.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_after, args=(parent,), name="digitlab-orphan-watch", daemon=True).start()
+
+
+def _exit_after(parent: Any) -> None:
+    parent.join()
+    os._exit(0)
 
 
 # --- the app ---------------------------------------------------------------------------------------
@@ -481,6 +532,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Any):  # noqa: ANN202 - starlette's lifespan protocol
         await asyncio.get_running_loop().run_in_executor(None, preprocessor.warm_up)
+        _freeze_heap()
         yield
         batcher.close()
         preprocessor.close()
@@ -491,6 +543,8 @@ def create_app(
         description=f"Handwritten-digit classifier '{predictor.name}' ({meta.get('dataset')}). "
         "Errors are JSON {\"error\", \"detail\"}.",
         lifespan=lifespan,
+        docs_url=None,  # served below from digitlab/static, so /docs works offline
+        redoc_url=None,  # ReDoc would load its script from a CDN
     )
     app.state.predictor = predictor
     app.state.batcher = batcher
@@ -603,6 +657,16 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"cache-control": "no-cache"})
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        # FastAPI's page with Swagger UI's files vendored in digitlab/static (swagger-ui-dist,
+        # Apache-2.0, see swagger-ui.LICENSE) instead of a CDN; no validator badge from swagger.io.
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="digitlab API",
+                                   swagger_js_url="/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger-favicon-32x32.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -620,8 +684,9 @@ def serve(
 ) -> None:
     """Serve ``run`` under uvicorn until interrupted. Port 0 picks a free port; the URL is printed.
 
-    ``workers`` processes decode and preprocess uploaded images (default: one per core; 0: threads
-    of this process). The model itself stays in this process, loaded once.
+    ``workers`` processes decode and preprocess uploaded images larger than ``SMALL_PIXELS``
+    (default: one per core; 0: threads of this process for every image). The model itself stays
+    in this process, loaded once.
     """
     import uvicorn
 

@@ -211,7 +211,7 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         import torch.nn.functional as F
 
         from digitlab.errors import TrainingError
-        from digitlab.train import lr_at, make_optimizer
+        from digitlab.training import lr_at, make_optimizer
         from digitlab.utils import resolve_device
 
         device = resolve_device(config.device)

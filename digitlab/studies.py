@@ -170,7 +170,7 @@ class _Reporter:
 
 def _run_curve(group: str, label: str, base: TrainConfig, changes: dict[str, Any], tmp: Path, index: int,
                num_classes: int) -> Curve:
-    from digitlab.train import train
+    from digitlab.training import train
 
     config = base.replace(**changes, runs_dir=str(tmp), name=f"curve-{index}", report=False, tensorboard=False)
     seen: dict[str, list] = {"history": []}
@@ -433,7 +433,7 @@ def lr_find(
 
     from digitlab.config import validate
     from digitlab.models import build_model, init_weights
-    from digitlab.train import augment_batch, make_optimizer
+    from digitlab.training import augment_batch, make_optimizer
     from digitlab.utils import resolve_device, seed_everything, set_threads
 
     validate(config)

@@ -574,7 +574,7 @@ _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 def _objective(space: SearchSpace, base: TrainConfig, tmp_root: Path, prune: bool) -> Any:
     import optuna
 
-    from digitlab.train import train
+    from digitlab.training import train
 
     def objective(trial: Any) -> float:
         config = space.sample(trial, base)
@@ -789,7 +789,7 @@ def _final_run(study: Any, best: Any, tune_dir: Path, reporter: _Reporter) -> tu
     looking at the test set again. A folder left by an interrupted retraining is resumed.
     """
     from digitlab.runs import Run
-    from digitlab.train import train
+    from digitlab.training import train
 
     recorded = study.user_attrs.get("final") or {}
     run_dir = tune_dir / f"best-trial-{best.number}"

@@ -7,7 +7,7 @@ import torch
 
 from digitlab.config import TrainConfig, validate
 from digitlab.errors import ConfigError
-from digitlab.train import augment_batch
+from digitlab.training import augment_batch
 
 _STILL = dict(aug_shift=0.0, aug_rotate=0.0, aug_scale=0.0, aug_shear=0.0)
 

@@ -27,7 +27,7 @@ from digitlab.bench import (
 from digitlab.cli import app
 from digitlab.config import TrainConfig
 from digitlab.data import load_dataset
-from digitlab.train import train
+from digitlab.training import train
 
 pytestmark = pytest.mark.xdist_group("train")
 

@@ -17,7 +17,7 @@ from digitlab.cli import app
 from digitlab.config import TrainConfig, validate
 from digitlab.errors import ConfigError
 from digitlab.runs import Run
-from digitlab.train import _open_run, train
+from digitlab.training import _open_run, train
 
 pytestmark = pytest.mark.xdist_group("distributed")
 

@@ -246,7 +246,7 @@ def tiny_run(tmp_path_factory):
     """A tiny real MNIST run of the default model (BatchNorm, channels-last at training time; 300
     training images, 1 epoch) as written by 'digitlab train'."""
     from digitlab.config import TrainConfig
-    from digitlab.train import train
+    from digitlab.training import train
 
     root = tmp_path_factory.mktemp("evaluate-runs")
     return train(

@@ -16,7 +16,7 @@ from digitlab.config import TrainConfig
 from digitlab.errors import ConfigError, ImageError
 from digitlab.evaluate import load_split
 from digitlab.predict import Predictor
-from digitlab.train import train
+from digitlab.training import train
 
 pytestmark = pytest.mark.xdist_group("explain")
 

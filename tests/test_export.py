@@ -24,7 +24,7 @@ def quick_run(tmp_path_factory) -> Path:
     """A quick MNIST model (1 epoch on 10,000 images, ~97.5%), trained once per session and shared
     with test_predict.py and test_fields.py through the session's base temp folder."""
     from digitlab.config import TrainConfig
-    from digitlab.train import train
+    from digitlab.training import train
 
     runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
     if not (runs / "quick" / "model.json").is_file():

@@ -29,7 +29,7 @@ def quick_run(tmp_path_factory) -> Path:
     """A quick MNIST model (1 epoch on 10,000 images, ~97.5%), trained once per session and shared
     with test_predict.py and test_export.py through the session's base temp folder."""
     from digitlab.config import TrainConfig
-    from digitlab.train import train
+    from digitlab.training import train
 
     runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
     if not (runs / "quick" / "model.json").is_file():
@@ -150,6 +150,24 @@ def test_touching_digits_are_split_and_broken_ones_merged(quick_run, mnist_test)
     assert geometry < counted
     broken = [random_field(x, y, rng, overlap=0.0, broken=1.0, max_digits=5) for _ in range(8)]
     assert sum(len(read_field(predictor, f.image).text) == len(f.text) for f in broken) >= 6
+
+
+def test_rejoin_joins_the_pieces_of_one_digit_but_not_two_digits():
+    from digitlab.fields import Segment, _rejoin
+
+    def seg(x0, y0, w, h):
+        return Segment((x0, y0, x0 + w, y0 + h), np.ones((h, w), np.float32))
+
+    def classify(crops):  # reads wide crops (a whole digit) surely, narrow pieces hesitantly
+        conf = np.array([0.95 if c.shape[1] >= 12 else 0.6 for c in crops])
+        return np.stack([conf, 1 - conf], axis=1)
+
+    # A digit's loop and the stem beside it, sharing columns: one digit.
+    broken = _rejoin([seg(0, 0, 12, 14), seg(9, 4, 5, 16), seg(30, 0, 14, 20)], 20.0, classify)
+    assert [s.box for s in broken] == [(0, 0, 14, 20), (30, 0, 44, 20)]
+    # Three full-height digits with gaps between them stay three.
+    apart = [seg(0, 0, 12, 20), seg(18, 0, 12, 20), seg(36, 0, 12, 20)]
+    assert [s.box for s in _rejoin(list(apart), 20.0, classify)] == [s.box for s in apart]
 
 
 def test_blank_field_is_reported():

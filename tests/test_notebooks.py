@@ -11,7 +11,7 @@ import pytest
 
 from digitlab.models import build_model, format_summary
 from digitlab.runs import Run
-from digitlab.train import Reporter
+from digitlab.training import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

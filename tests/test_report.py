@@ -18,7 +18,7 @@ from digitlab.config import TrainConfig
 from digitlab.errors import RunError
 from digitlab.report import SECTIONS, compare, leaderboard_csv, write_report
 from digitlab.runs import Run
-from digitlab.train import train
+from digitlab.training import train
 
 pytestmark = pytest.mark.xdist_group("report")
 

@@ -28,7 +28,7 @@ from digitlab.serve import MAX_BATCH, MAX_BODY_BYTES, Batcher, create_app
 def quick_run(tmp_path_factory) -> Path:
     """A quick MNIST model (1 epoch on 10,000 images), shared with test_predict.py's fixture folder."""
     from digitlab.config import TrainConfig
-    from digitlab.train import train
+    from digitlab.training import train
 
     runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
     if not (runs / "quick" / "model.json").is_file():
@@ -425,3 +425,20 @@ def test_bench_serve_smoke(quick_run):
     assert "keep-alive" in out["client"]
     bad = CliRunner().invoke(cli_app, ["bench", "serve", str(quick_run), "--payload", "xml"])
     assert bad.exit_code == 2 and "payload" in bad.output
+
+
+def test_docs_work_offline(client):
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    # Every URL the page loads is local: no scheme://host, no protocol-relative //host.
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
+    assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+    assert not re.search(r"https?://", page.text), page.text
+    assert '"validatorUrl": null' in page.text
+    for asset, size in (("/static/swagger-ui-bundle.js", 1_000_000), ("/static/swagger-ui.css", 100_000),
+                        ("/static/swagger-favicon-32x32.png", 100), ("/static/swagger-ui.LICENSE", 10_000)):
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > size, asset
+    assert client.get("/redoc").status_code == 404

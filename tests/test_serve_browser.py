@@ -20,7 +20,7 @@ pytestmark = pytest.mark.xdist_group("browser")
 def quick_run(tmp_path_factory) -> Path:
     """A quick MNIST model (1 epoch on 10,000 images), shared with test_predict.py's fixture folder."""
     from digitlab.config import TrainConfig
-    from digitlab.train import train
+    from digitlab.training import train
 
     runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
     if not (runs / "quick" / "model.json").is_file():

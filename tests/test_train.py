@@ -20,7 +20,7 @@ from digitlab.cli import app
 from digitlab.config import RECIPES, TrainConfig, load_config_file, recipe_config
 from digitlab.errors import ConfigError, TrainingError
 from digitlab.runs import Run, load_model
-from digitlab.train import augment_batch, lr_at, train
+from digitlab.training import augment_batch, lr_at, train
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -226,3 +226,11 @@ def test_cli_train_prints_accuracy_and_paths(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and str(tmp_path / "cli") in result.output
+
+
+def test_package_attribute_train_is_the_function_even_after_importing_the_module() -> None:
+    # The module is 'training' so that importing it never replaces the function digitlab.train.
+    import digitlab
+    import digitlab.training
+
+    assert digitlab.train is digitlab.training.train

@@ -492,7 +492,7 @@ def train(
     config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
-    progress: Literal["rich", "json", "quiet"] = "rich",
+    progress: Literal["auto", "rich", "notebook", "json", "quiet"] = "auto",
     callbacks: list[Callback] | None = None,
     epochs: int | None = None,
 ) -> Run:
@@ -577,7 +577,7 @@ def _train(
     config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
-    progress: Literal["rich", "json", "quiet"] = "rich",
+    progress: Literal["auto", "rich", "notebook", "json", "quiet"] = "auto",
     callbacks: list[Callback] | None = None,
     epochs: int | None = None,
 ) -> Run:
@@ -851,7 +851,7 @@ def _finish(run_dir, config, ds, sp, model, scaler, xs, ys, scale, history, trai
     if config.report:
         try:
             from digitlab.report import write_report
-        except ImportError:  # the report module is optional while it is being built
+        except ImportError:  # matplotlib missing from a trimmed install: the run is still complete
             write_report = None
         if write_report is not None:
             write_report(run, test_probs=test_probs, splits=sp)
