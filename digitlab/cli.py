@@ -92,6 +92,7 @@ _TRAIN_HELP = {
     "aug_shear": "Largest shear.",
     "aug_elastic": "Strength of smooth elastic distortion in pixels (0: off).",
     "aug_morph": "Probability of making strokes thicker or thinner.",
+    "aug_skip": "Probability of a pen skip: a thin gap across the strokes.",
     "aug_flip": "Probability of a left-right mirror (for clothes, never digits).",
     "early_stopping": "Stop when the monitored value stops improving.",
     "monitor": "val_loss or val_acc.",

@@ -30,3 +30,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/datasets is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """A quick MNIST model (1 epoch on 10,000 images, ~97.5%), trained once per test worker and shared
+    by the predict, fields, export and serve tests."""
+    from digitlab.config import TrainConfig
+    from digitlab.training import train
+
+    runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
+    if not (runs / "quick" / "model.json").is_file():
+        train(TrainConfig(train_subset=10_000, epochs=1, report=False, runs_dir=str(runs), name="quick", threads=1),
+              progress="quiet")
+    return runs / "quick"
+
+
+@pytest.fixture(scope="session")
+def predictor(quick_run):
+    from digitlab.predict import Predictor
+
+    return Predictor.from_run(quick_run)

@@ -36,3 +36,17 @@ def test_flip_half_mirrors_about_half() -> None:
 def test_probabilities_out_of_range_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match=name.replace("_", "-")):
         validate(TrainConfig(**{name: 1.5}))
+
+
+def test_pen_skip_cuts_one_thin_gap_and_nothing_else() -> None:
+    ink = torch.full((64, 1, 28, 28), 255.0)
+    # Same seed: the affine draws come first, so both calls see the same (identity) warp.
+    out = augment_batch(ink, TrainConfig(aug_skip=1.0, **_STILL), torch.Generator().manual_seed(2))
+    plain = augment_batch(ink, TrainConfig(aug_skip=0.0, **_STILL), torch.Generator().manual_seed(2))
+    assert torch.allclose(plain, ink, atol=1e-3)
+    cut = (out < 128).flatten(1).sum(1)
+    changed = (out < plain - 1e-3).flatten(1).float().mean(1)
+    # A ~2.4 px line across a 28x28 picture: always some pixels, at most a few rows' worth, and the
+    # skip only ever removes ink.
+    assert (cut > 0).all() and cut.max() <= 4 * 28
+    assert changed.max() < 0.2 and (out <= plain + 1e-3).all()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,20 +21,6 @@ from digitlab.fields import (
     remove_rules,
     segment_field,
 )
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory) -> Path:
-    """A quick MNIST model (1 epoch on 10,000 images, ~97.5%), trained once per session and shared
-    with test_predict.py and test_export.py through the session's base temp folder."""
-    from digitlab.config import TrainConfig
-    from digitlab.training import train
-
-    runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
-    if not (runs / "quick" / "model.json").is_file():
-        train(TrainConfig(train_subset=10_000, epochs=1, report=False, runs_dir=str(runs), name="quick", threads=1),
-              progress="quiet")
-    return runs / "quick"
 
 
 @pytest.fixture(scope="module")

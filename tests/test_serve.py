@@ -9,7 +9,6 @@ import json
 import socket
 import struct
 import zlib
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,24 +21,6 @@ from digitlab.cli import app as cli_app
 from digitlab.data import load_dataset
 from digitlab.predict import Predictor
 from digitlab.serve import MAX_BATCH, MAX_BODY_BYTES, Batcher, create_app
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """A quick MNIST model (1 epoch on 10,000 images), shared with test_predict.py's fixture folder."""
-    from digitlab.config import TrainConfig
-    from digitlab.training import train
-
-    runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
-    if not (runs / "quick" / "model.json").is_file():
-        train(TrainConfig(train_subset=10_000, epochs=1, report=False, runs_dir=str(runs), name="quick", threads=1),
-              progress="quiet")
-    return runs / "quick"
-
-
-@pytest.fixture(scope="module")
-def predictor(quick_run) -> Predictor:
-    return Predictor.from_run(quick_run)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "serve"
 pytestmark = pytest.mark.xdist_group("browser")
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """A quick MNIST model (1 epoch on 10,000 images), shared with test_predict.py's fixture folder."""
-    from digitlab.config import TrainConfig
-    from digitlab.training import train
-
-    runs = tmp_path_factory.getbasetemp() / "digitlab-quick-model"
-    if not (runs / "quick" / "model.json").is_file():
-        train(TrainConfig(train_subset=10_000, epochs=1, report=False, runs_dir=str(runs), name="quick", threads=1),
-              progress="quiet")
-    return runs / "quick"
 
 
 @pytest.fixture(scope="module")
