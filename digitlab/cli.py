@@ -221,8 +221,9 @@ def explore_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Folder holding the dataset files."),
 ) -> None:
-    """Describe a dataset (size, shapes, dtypes, value range, class counts) and draw sample, class-count and
-    mean-image PNGs."""
+    """Describe a dataset and draw its sample, class-count and mean-image PNGs.
+
+    Size, shapes, dtypes, value range and class counts of every split."""
     from digitlab.explore import explore, print_summary
 
     summary = explore(dataset, out=out, data_dir=data_dir)
@@ -662,8 +663,9 @@ def evaluate_command(
     tta: bool = typer.Option(False, "--tta", help="Average over 1-pixel shifts (test-time augmentation)."),
     out: str | None = typer.Option(None, "--out", help="Folder for the figures (default: RUN/figures)."),
 ) -> None:
-    """Accuracy, top-k, log loss, per-class report, confusion matrix, most-confused pairs, calibration and
-    the hardest examples of a saved run; writes the evaluation figures."""
+    """Evaluate a saved run on a split and write the evaluation figures.
+
+    Accuracy, top-k, log loss, per-class report, confusion matrix, confused pairs, calibration, hardest examples."""
     from pathlib import Path
 
     from digitlab.evaluate import evaluate_run, format_report
@@ -752,8 +754,9 @@ def explain_command(
     out: str | None = typer.Option(None, "--out", help="Folder for the figures (default: RUN/figures/explain)."),
     as_json: bool = typer.Option(False, "--json", help="Print {figure: path} as JSON."),
 ) -> None:
-    """What a model learned: class templates (logreg), feature masks and contributions (MLP), filters and
-    feature maps (CNN), and saliency (gradient x input, occlusion) for one image."""
+    """What a model learned: templates, feature masks, filters, feature maps and saliency.
+
+    Templates (logreg), masks and contributions (MLP), filters and maps (CNN); saliency for one image."""
     from digitlab.explain import explain_run
 
     figures = explain_run(run, image=image, out=out)
@@ -850,8 +853,9 @@ def read_command(
                                          "MNIST test digits and print digit and field accuracy."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated fields (with --synthetic)."),
 ) -> None:
-    """Read a field of handwritten digits (a check's date or amount): segment, classify each digit,
-    print the string with '?' at unsure positions, per-digit confidence and boxes."""
+    """Read a field of handwritten digits, such as a check's date or amount.
+
+    Prints the string with '?' at unsure positions, and each digit's confidence and box."""
     from digitlab.errors import ConfigError
     from digitlab.predict import Predictor, read_field
     from digitlab.utils import atomic_write
@@ -905,8 +909,9 @@ def export_command(
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
     out: str | None = typer.Option(None, "--out", help="Output file (default: RUN/model.onnx or RUN/model.pt)."),
 ) -> None:
-    """Export a run's model to ONNX or TorchScript, scaler included: input float32 pixels (N, H, W) in the
-    training data's range, outputs logits and probabilities."""
+    """Export a run's model to ONNX or TorchScript, its scaler included.
+
+    Input: float32 pixels (N, H, W) in the training data's range. Outputs: logits and probabilities."""
     from digitlab.export import export_model
 
     path = export_model(run, format=format, out=out)
@@ -950,8 +955,9 @@ def bench_serve_command(
     out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Start 'digitlab serve' on loopback and load it with N clients for a fixed time: requests/s,
-    p50/p95/p99 latency, errors."""
+    """Load 'digitlab serve' on loopback with N clients for a fixed time.
+
+    Prints requests/s, p50/p95/p99 latency and errors."""
     from digitlab.loadtest import bench_serve, print_serve
     from digitlab.utils import atomic_write_json
 
