@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from digitlab.errors import ConfigError
+from digitlab.predict import shift_tta_proba
 
 TARGETS = (0.98, 0.99, 0.995)
 QUICK_TARGETS = (0.80, 0.90, 0.95)
@@ -560,27 +561,6 @@ def robust_sets(images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
     dy = torch.tensor([0.0, 0.0, 3.0, -3.0])[k] * 2 / h
     out["shift 3px"] = _warp(x, theta(one, zero, -dx, zero, one, -dy))
     return {name: v.round().clamp(0, 255).to(torch.uint8).squeeze(1) for name, v in out.items()}
-
-
-def shift_tta_proba(
-    predict_proba: Callable[[np.ndarray], np.ndarray], images: np.ndarray, shifts: int = 1
-) -> np.ndarray:
-    """Test-time augmentation: average the probabilities over the image and its copies shifted by
-    ``shifts`` pixels right, left, down and up (5 passes)."""
-    x = torch.as_tensor(np.asarray(images))
-    total = predict_proba(x.numpy()).astype(np.float64)
-    for dy, dx in ((0, shifts), (0, -shifts), (shifts, 0), (-shifts, 0)):
-        moved = torch.roll(x, (dy, dx), dims=(1, 2))
-        if dy > 0:
-            moved[:, :dy] = 0
-        elif dy < 0:
-            moved[:, dy:] = 0
-        if dx > 0:
-            moved[:, :, :dx] = 0
-        elif dx < 0:
-            moved[:, :, dx:] = 0
-        total += predict_proba(moved.numpy())
-    return (total / 5).astype(np.float32)
 
 
 def bench_robust(

@@ -378,7 +378,7 @@ def evaluate_run(
     x, y, classes = load_split(run, split)
     predictor = Predictor.from_run(run.path)
     if tta:
-        from digitlab.bench import shift_tta_proba
+        from digitlab.predict import shift_tta_proba
 
         probs = shift_tta_proba(predictor.predict_proba, x)
     else:

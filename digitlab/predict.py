@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import textwrap
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,3 +414,24 @@ def read_field(predictor: Predictor, image: Any, name: str | None = None, tta: b
         for s, p in zip(segments, preds, strict=True)
     ]
     return FieldReading("".join(d.char for d in digits), digits, predictor.threshold, inputs)
+
+
+def shift_tta_proba(
+    predict_proba: Callable[[np.ndarray], np.ndarray], images: np.ndarray, shifts: int = 1
+) -> np.ndarray:
+    """Test-time augmentation: average the probabilities over the image and its copies shifted by
+    ``shifts`` pixels right, left, down and up (5 passes)."""
+    x = torch.as_tensor(np.asarray(images))
+    total = predict_proba(x.numpy()).astype(np.float64)
+    for dy, dx in ((0, shifts), (0, -shifts), (shifts, 0), (-shifts, 0)):
+        moved = torch.roll(x, (dy, dx), dims=(1, 2))
+        if dy > 0:
+            moved[:, :dy] = 0
+        elif dy < 0:
+            moved[:, dy:] = 0
+        if dx > 0:
+            moved[:, :, :dx] = 0
+        elif dx < 0:
+            moved[:, :, dx:] = 0
+        total += predict_proba(moved.numpy())
+    return (total / 5).astype(np.float32)
