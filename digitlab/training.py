@@ -203,6 +203,10 @@ class TrainState:
 Callback = Callable[[TrainState], bool | None]  # return True to stop training
 
 
+# How training reports progress; "auto" picks "notebook" inside Jupyter and "rich" elsewhere.
+ProgressMode = Literal["auto", "rich", "notebook", "json", "quiet"]
+
+
 class Reporter:
     """Progress output: a live bar within each epoch and a line per epoch; or JSON events; or none.
 
@@ -214,7 +218,7 @@ class Reporter:
 
     NOTEBOOK_REFRESH = 0.5  # seconds between in-place updates: every step would flood the front end
 
-    def __init__(self, mode: Literal["auto", "rich", "notebook", "json", "quiet"] = "rich") -> None:
+    def __init__(self, mode: ProgressMode = "rich") -> None:
         if mode in ("auto", "rich"):
             mode = "notebook" if self.in_notebook() else "rich"
         self.mode = mode
@@ -503,7 +507,7 @@ def train(
     config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
-    progress: Literal["auto", "rich", "notebook", "json", "quiet"] = "auto",
+    progress: ProgressMode = "auto",
     callbacks: list[Callback] | None = None,
     epochs: int | None = None,
 ) -> Run:
@@ -606,7 +610,7 @@ def _train(
     config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
-    progress: Literal["auto", "rich", "notebook", "json", "quiet"] = "auto",
+    progress: ProgressMode = "auto",
     callbacks: list[Callback] | None = None,
     epochs: int | None = None,
 ) -> Run:
