@@ -50,6 +50,14 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def show(result: Any, as_json: bool, printer: Callable[[Any, Console], None]) -> None:
+    """A command's result: JSON on stdout with --json, else the command's own rich rendering."""
+    if as_json:
+        print_json(result)
+    else:
+        printer(result, console)
+
+
 def main() -> None:
     app()
 
@@ -227,10 +235,7 @@ def explore_command(
     from digitlab.explore import explore, print_summary
 
     summary = explore(dataset, out=out, data_dir=data_dir)
-    if as_json:
-        print_json(summary)
-    else:
-        print_summary(summary, console)
+    show(summary, as_json, print_summary)
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -605,10 +610,7 @@ def bench_train_command(
                          threads=threads, on_result=progress)
     if out:
         atomic_write_json(out, result)
-    if as_json:
-        print_json(result)
-    else:
-        print_train(result, console)
+    show(result, as_json, print_train)
 
 
 @bench_app.command("predict")
@@ -627,10 +629,7 @@ def bench_predict_command(
 
     set_threads(threads)
     result = bench_predict(run, batch_size=batch_size, repeats=repeats, latency_samples=latency_samples)
-    if as_json:
-        print_json(result)
-    else:
-        print_predict(result, console)
+    show(result, as_json, print_predict)
 
 
 @bench_app.command("robust")
@@ -645,10 +644,7 @@ def bench_robust_command(
     from digitlab.bench import bench_robust, print_robust
 
     result = bench_robust(runs, tta=tta, limit=limit)
-    if as_json:
-        print_json(result)
-    else:
-        print_robust(result, console)
+    show(result, as_json, print_robust)
 
 
 # --- evaluate, report, compare, explain (digitlab.evaluate, digitlab.report, digitlab.explain) -----------
@@ -964,10 +960,7 @@ def bench_serve_command(
     result = bench_serve(run, clients=clients, seconds=seconds, payload=payload, runtime=runtime, warmup=warmup)
     if out:
         atomic_write_json(out, result)
-    if as_json:
-        print_json(result)
-    else:
-        print_serve(result, console)
+    show(result, as_json, print_serve)
 
 
 # --- distributed training: help of train's data-parallel flags (docs/distributed.md) --------------------
