@@ -589,15 +589,15 @@ def _open_run(
 
 
 def _warm_imports() -> None:
-    """Import what the run needs later (torch.optim's dynamo hooks, scikit-learn, matplotlib) in a thread.
+    """Import what the run needs later (torch.optim's dynamo hooks, matplotlib for the report) in a thread.
 
-    They cost ~1.5 s of a 10 s `digitlab train`; much of it is file reads and extension loading that
-    release the GIL, so it overlaps with reading the data. Python's import lock keeps it safe.
+    Much of it is file reads and extension loading that release the GIL, so it overlaps with reading
+    the data. Python's import lock keeps it safe. (scikit-learn is not needed by a training run.)
     """
     import threading
 
     def work() -> None:
-        for name in ("torch._dynamo", "sklearn.model_selection", "sklearn.metrics", "digitlab.plots"):
+        for name in ("torch._dynamo", "digitlab.plots"):
             try:
                 __import__(name)
             except Exception:  # noqa: BLE001 - the main thread will import it again and report

@@ -484,6 +484,46 @@ def test_default_split_is_stratified_and_seeded(mnist):
     assert not np.array_equal(split(mnist, seed=8).val_y, s.val_y)
 
 
+def test_split_is_cached_on_disk_and_equals_scikit_learns(tmp_path, monkeypatch):
+    from sklearn.model_selection import train_test_split
+
+    monkeypatch.setenv("DIGITLAB_CACHE_DIR", str(tmp_path))
+    labels = np.random.default_rng(0).integers(0, 10, 3000)
+    ref = train_test_split(np.arange(3000), test_size=500, stratify=labels, random_state=3)
+    first = data._stratified_split(labels, 500, 3)
+    [saved] = (tmp_path / "splits").glob("*.npz")
+    second = data._stratified_split(labels, 500, 3)  # read back from the file
+    for got in (first, second):
+        assert all(np.array_equal(a, b) for a, b in zip(got, ref, strict=True))
+    # Other labels, sizes or seeds are other entries, never the cached answer.
+    assert not np.array_equal(data._stratified_split(labels, 500, 4)[1], ref[1])
+    assert len(list((tmp_path / "splits").glob("*.npz"))) == 2
+    saved.write_bytes(b"not an npz file")  # a damaged entry is computed again
+    assert np.array_equal(data._stratified_split(labels, 500, 3)[1], ref[1])
+
+
+def test_a_training_run_does_not_import_scikit_learn(tmp_path):
+    """scikit-learn's import is ~1.5 s of CPU, a sixth of the 10 s budget of `digitlab train`; the split
+    comes from the cache (filled here first) and the metrics are numpy."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DIGITLAB_CACHE_DIR": str(tmp_path / "cache")}
+    code = (
+        "import sys, digitlab\n"
+        "from digitlab.config import TrainConfig\n"
+        "cfg = TrainConfig(recipe='fast', augment=True, train_subset=600, epochs=1, name='r', "
+        f"runs_dir={str(tmp_path / 'runs')!r}, report=False)\n"
+        "digitlab.train(cfg, progress='quiet')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')[:3])\n"
+    )
+    subprocess.run([sys.executable, "-c", code.replace("name='r'", "name='warm'")], env=env, check=True,
+                   capture_output=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_default_split_caps_validation_at_ten_percent_for_small_sets():
     s = split(load_dataset("digits"))
     assert (len(s.train_y), len(s.val_y), len(s.test_y)) == (1294, 143, 360)

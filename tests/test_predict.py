@@ -37,6 +37,21 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, st
     return Image.fromarray((np.clip(canvas, 0, 1) * 255).astype(np.uint8)), "png" if rng.random() < 0.5 else "jpg"
 
 
+def test_folded_batchnorm_predicts_what_the_trained_model_does(predictor, mnist_test):
+    import torch
+
+    x = mnist_test[0][:500]
+    def batchnorms(model: torch.nn.Module) -> int:
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+    # The fast model's first and last BatchNorm follow a convolution; the middle one follows a pool.
+    assert (batchnorms(predictor.model), batchnorms(predictor._infer)) == (3, 1)
+    scaled = predictor.scaler.transform(torch.as_tensor(x)).unsqueeze(1)
+    with torch.inference_mode():
+        ref = torch.softmax(predictor.model(scaled), 1).numpy()
+    np.testing.assert_allclose(predictor.predict_proba(x), ref, atol=1e-5)
+
+
 def test_threshold_comes_from_model_json(quick_run, predictor):
     meta = json.loads((quick_run / "model.json").read_text())
     assert predictor.threshold == pytest.approx(meta["threshold"])
