@@ -403,10 +403,9 @@ def _two_digits_score(features: Sequence[float]) -> float:
     return SPLIT_BIAS + sum(w * f for w, f in zip(SPLIT_WEIGHTS, features, strict=True))
 
 
-def _split(
-    seg: Segment, unit: float, classify: Classify | None, depth: int = 0, typical: float = 0.0
-) -> list[Segment]:
-    """Split a piece of touching digits, recursively, keeping the most confidently read cut."""
+def _split(seg: Segment, unit: float, classify: Classify | None, typical: float, depth: int = 0) -> list[Segment]:
+    """Split a piece of touching digits, recursively, keeping the most confidently read cut.
+    ``typical``: the ink of a typical digit of the field (see ``_split_features``)."""
     ratio = seg.width / max(unit, 1.0)
     if depth > 6 or ratio <= MAY_SPLIT or (classify is None and ratio <= MUST_SPLIT):
         return [seg]
@@ -423,7 +422,7 @@ def _split(
         if ratio <= MUST_SPLIT and _two_digits_score(features) <= 0:
             return [seg]
     left, right = candidates[best]
-    return _split(left, unit, classify, depth + 1, typical) + _split(right, unit, classify, depth + 1, typical)
+    return _split(left, unit, classify, typical, depth + 1) + _split(right, unit, classify, typical, depth + 1)
 
 
 def _cut_ink(seg: Segment, parts: tuple[Segment, Segment]) -> float:
@@ -470,7 +469,7 @@ def segment_field(image: Any, classify: Classify | None = None, name: str | None
     if classify is not None:
         segs = _merge_broken(segs, unit, classify)
     typical = float(np.median([s.ink.sum() for s in segs]))
-    out = [p for s in segs for p in _split(s, unit, classify, 0, typical)]
+    out = [p for s in segs for p in _split(s, unit, classify, typical)]
     out.sort(key=lambda s: (s.box[0] + s.box[2]) / 2)
     if not out:
         raise ImageError(f"{name or 'The field image'} holds no digits; use a picture of the written digits.")
