@@ -68,7 +68,7 @@ class TrainConfig:
     aug_shear: float = 0.25
     aug_elastic: float = 0.0  # pixels of smooth random displacement
     aug_morph: float = 0.0  # probability of thickening or thinning strokes (the fast recipe: 0.6)
-    aug_skip: float = 0.0  # probability of a pen skip: a thin gap across the strokes
+    aug_skip: float = 0.0  # probability of a pen skip: a thin gap across the strokes (the fast recipe: 0.2)
     aug_flip: float = 0.0  # probability of a left-right mirror (clothes, not digits: the fashion recipe)
     # early stopping
     early_stopping: bool = False
@@ -116,8 +116,8 @@ class TrainConfig:
 # Named recipes: overrides of the defaults. Flags given by the user override a recipe.
 RECIPES: dict[str, dict[str, Any]] = {
     # The default of 'digitlab train': 1 epoch, AdamW one-cycle, with augmentation for real handwriting
-    # (slant, rotation, size, position, stroke width) and bf16 where the CPU has it. See docs/benchmarks.md.
-    "fast": dict(augment=True, aug_morph=0.6, precision="auto"),
+    # (slant, rotation, size, position, stroke width, pen skips) and bf16 where the CPU has it. See docs/benchmarks.md.
+    "fast": dict(augment=True, aug_morph=0.6, aug_skip=0.2, precision="auto"),
     # Accuracy first, single model: ~99.6% in 20 epochs (see docs/benchmarks.md).
     "best": dict(
         model="best", epochs=20, batch_size=128, lr=0.05, optimizer="nesterov", schedule="one-cycle",
