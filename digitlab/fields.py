@@ -398,9 +398,9 @@ def _split_features(seg: Segment, unit: float, typical: float, whole: float, lef
     ]
 
 
-def _two_digits_score(features: Sequence[float]) -> float:
-    """Above 0: the piece holds two digits."""
-    return SPLIT_BIAS + sum(w * f for w, f in zip(SPLIT_WEIGHTS, features, strict=True))
+def _logit(bias: float, weights: Sequence[float], features: Sequence[float]) -> float:
+    """A fitted logistic rule's score: above 0 means yes (two digits in a piece; one digit in two)."""
+    return bias + sum(w * f for w, f in zip(weights, features, strict=True))
 
 
 def _split(seg: Segment, unit: float, classify: Classify | None, typical: float, depth: int = 0) -> list[Segment]:
@@ -419,7 +419,7 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
         whole, halves = conf[0], conf[1:].reshape(-1, 2)
         best = int((halves[:, 0] * halves[:, 1]).argmax())
         features = _split_features(seg, unit, typical, whole, *halves[best])
-        if ratio <= MUST_SPLIT and _two_digits_score(features) <= 0:
+        if ratio <= MUST_SPLIT and _logit(SPLIT_BIAS, SPLIT_WEIGHTS, features) <= 0:
             return [seg]
     left, right = candidates[best]
     return _split(left, unit, classify, typical, depth + 1) + _split(right, unit, classify, typical, depth + 1)
@@ -587,10 +587,6 @@ MERGE_WEIGHTS = (0.89, 1.3, 1.27, -1.04, 0.23, 4.68, 2.02, -6.91, -3.95, -1.29, 
 MERGE_BIAS = 10.4
 
 
-def _same_digit_score(features: Sequence[float]) -> float:
-    return MERGE_BIAS + sum(w * f for w, f in zip(MERGE_WEIGHTS, features, strict=True))
-
-
 def _rejoin(segs: list[Segment], unit: float, classify: Classify) -> list[Segment]:
     """Join neighbours that read as one digit, the most certain pair first, until none does."""
     typical = float(np.median([s.ink.sum() for s in segs]))
@@ -599,7 +595,10 @@ def _rejoin(segs: list[Segment], unit: float, classify: Classify) -> list[Segmen
         conf = _confidence(classify, [s.ink for s in segs] + [j.ink for _, _, j in pairs])
         single, joined = conf[: len(segs)], conf[len(segs) :]
         scores = [
-            _same_digit_score(_pair_features(a, b, unit, typical, (single[i], single[i + 1], joined[i])))
+            _logit(
+                MERGE_BIAS, MERGE_WEIGHTS,
+                _pair_features(a, b, unit, typical, (single[i], single[i + 1], joined[i])),
+            )
             for i, (a, b, _) in enumerate(pairs)
         ]
         best = int(np.argmax(scores))

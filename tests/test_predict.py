@@ -41,6 +41,7 @@ def test_folded_batchnorm_predicts_what_the_trained_model_does(predictor, mnist_
     import torch
 
     x = mnist_test[0][:500]
+
     def batchnorms(model: torch.nn.Module) -> int:
         return sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 

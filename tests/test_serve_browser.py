@@ -16,8 +16,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "serve"
 pytestmark = pytest.mark.xdist_group("browser")
 
 
-
-
 @pytest.fixture(scope="module")
 def server(quick_run):
     from digitlab.loadtest import start_server, stop_server
