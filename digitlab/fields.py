@@ -254,8 +254,62 @@ def remove_rules(ink: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
     run_len = np.bincount(runs.ravel())[runs]
     thickness = float(np.median(run_len[line]))
     removed = line & (run_len < thickness + 2)
+    removed &= ~_resting_strokes(ink, mask, line, removed, thickness)
     rim = ndi.binary_dilation(removed, structure=np.ones((5, 1), bool)) & ~mask
     return np.where(removed | rim, 0.0, ink).astype(np.float32), mask & ~removed
+
+
+def _resting_strokes(
+    ink: np.ndarray, mask: np.ndarray, line: np.ndarray, removed: np.ndarray, thickness: float
+) -> np.ndarray:
+    """The pixels of ``removed`` that belong to a stroke lying along the rule (the bottom of a 0 or
+    a 2 written on the line), not to the rule itself.
+
+    The rule's own profile across its width is measured in the columns where it is alone: its
+    centre row (a straight fit, so a tilted rule works) and its median ink at each row offset.
+    A removed pixel holding clearly more ink than the rule has at that offset is a stroke's; the
+    rule's core rows between a stroke's pixels above and below it (give or take a column) are given back too, so a 0
+    resting on the rule stays closed. Only pixels connected to ink outside the rule band count.
+    """
+    h, w = mask.shape
+    alone = removed.any(axis=0) & ~(line & ~removed).any(axis=0)
+    xs = np.flatnonzero(alone)
+    if len(xs) < 10:
+        return np.zeros_like(mask)
+    rows = np.arange(h, dtype=np.float64)[:, None]
+    weight = np.where(removed[:, xs], ink[:, xs], 0.0).astype(np.float64)
+    centre = (weight * rows).sum(axis=0) / np.maximum(weight.sum(axis=0), 1e-6)
+    slope, intercept = np.polyfit(xs, centre, 1)
+    reach = int(math.ceil(thickness)) + 2
+    cols = np.arange(w)
+    fit = intercept + slope * cols
+    yy = np.floor(fit).astype(int)[None, :] + np.arange(-reach, reach + 2)[:, None]  # (rows, w)
+    inside = (yy >= 0) & (yy < h)
+    yy = np.clip(yy, 0, h - 1)
+    band = np.where(inside, ink[yy, cols[None, :]], 0.0)
+    # The rule's ink by distance from its centre, in quarter pixels: a straight rule's centre sits
+    # at a fraction of a row that a tilted one changes along its length.
+    offset = np.rint(4 * (yy - fit[None, :])).astype(int)
+    seen = np.unique(offset[:, xs])
+    medians = np.array([np.median(band[:, xs][offset[:, xs] == q]) for q in seen])
+    profile = np.interp(offset, seen, medians)
+    # Excess over the rule, averaged over 3 columns: a stroke is wider than one pixel of noise.
+    excess = ndi.uniform_filter1d(band - profile, 3, axis=1)
+    stroke_band = (excess > 0.2) & inside & mask[yy, cols[None, :]]
+    # Core rows sandwiched between stroke pixels of the same column.
+    wide = ndi.binary_dilation(stroke_band, structure=np.ones((1, 3), bool))
+    above = np.maximum.accumulate(wide, axis=0)
+    below = np.maximum.accumulate(wide[::-1], axis=0)[::-1]
+    stroke_band |= above & below & inside & mask[yy, cols[None, :]]
+    stroke = np.zeros_like(mask)
+    stroke[yy[stroke_band], np.nonzero(stroke_band)[1]] = True
+    stroke &= removed
+    if not stroke.any():
+        return stroke
+    # Keep only what joins a stroke leaving the band (not a thicker patch of the rule itself).
+    labels, _ = ndi.label((mask & ~removed) | stroke, _EIGHT)
+    anchored = np.unique(labels[mask & ~line])
+    return stroke & np.isin(labels, anchored[anchored > 0])
 
 
 # Hysteresis: a stroke is ink above WEAK_INK connected to some ink above Otsu's threshold, so the

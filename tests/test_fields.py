@@ -98,6 +98,22 @@ def test_remove_rules_keeps_crossing_strokes_and_cuts_the_line():
     assert not new_mask[40:43, 60:110].any() and not new_ink[40:43, 60:110].any()
 
 
+def test_remove_rules_keeps_a_ring_resting_on_the_line_closed():
+    # A 0 whose bottom arc lies along the rule: the arc's pixels above and below the rule's own
+    # rows are more ink than the rule has there, so they stay and the ring stays closed.
+    yy, xx = np.mgrid[0:60, 0:200]
+    ring = np.abs(np.hypot((yy - 30) / 12.0, (xx - 100) / 8.0) - 1.0) < 0.16
+    mask = ring.copy()
+    mask[41:43, 5:195] = True  # a 2 px rule through the ring's lowest rows
+    ink = np.where(ring, 1.0, 0.0).astype(np.float32)
+    ink[41:43, 5:195] = np.maximum(ink[41:43, 5:195], 0.7)
+    new_ink, new_mask = remove_rules(ink, mask)
+    assert not new_mask[41:43, 10:80].any()  # the rule alone is gone
+    assert ndi.label(new_mask)[1] == 1
+    holes = ndi.label(~new_mask)[1]
+    assert holes == 2  # outside and the ring's inside: the ring is closed
+
+
 def test_rule_line_is_gone_from_field_ink(mnist_test):
     x, y = mnist_test
     f = make_field(x[:6], y[:6], np.random.default_rng(8), rule=1.0)
