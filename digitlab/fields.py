@@ -432,23 +432,29 @@ def _confidence(classify: Classify, crops: list[np.ndarray]) -> np.ndarray:
 MAY_SPLIT = 0.6
 MUST_SPLIT = 1.3
 # Between the two, a logistic rule on ``_split_features`` decides, also for pieces joined earlier
-# (a 1 and an 8 the merge step took for one digit). Fitted once on the 17,151 pieces of that width
-# in 3,000 generated fields (seeds 10 to 29, half of them with 30% touching digits and tight
-# spacing), labelled by the generator's digit boxes, read by the fast model with top=8; on the
-# pieces of seeds 10 to 19 read by the current default (top=12) it splits 25 of 8,178 single digits
-# and misses 113 of 270 pairs, where a refit would do no better (24 and 112, cross-validated).
-# Ink and height carry little weight: the width and the confidences decide.
-SPLIT_WEIGHTS = (12.05, 0.68, -0.04, 0.82, -6.26, 0.49, 9.66)
-SPLIT_BIAS = -17.89
+# (a 1 and an 8 the merge step took for one digit). Fitted on the 15,177 pieces of that width in
+# 3,000 generated fields (seeds 10 to 29, half of them with 30% touching digits and tight spacing),
+# labelled by the generator's digit boxes, read by the default fast model (top=12). Cross-validated
+# over 4 groups of seeds it splits 32 single digits and misses 75 of 412 pairs, where the rule
+# before it (without the cut's ink and the halves' widths) split 40 and missed 102.
+SPLIT_WEIGHTS = (24.12, 2.59, 1.11, 1.22, -7.86, -7.67, 27.98, 3.12, -11.8, -13.95)
+SPLIT_BIAS = -26.47
 
 
-def _split_features(seg: Segment, unit: float, typical: float, whole: float, left: float, right: float) -> list[float]:
+def _split_features(
+    seg: Segment, unit: float, typical: float, confidence: Sequence[float], halves: tuple[Segment, Segment]
+) -> list[float]:
     """What decides whether a piece holds two digits: its width and height in digit heights, its ink
-    against the field's typical digit, whether it was joined from pieces, and how confidently the
-    whole and the halves of its best cut read."""
+    against the field's typical digit, whether it was joined from pieces, how confidently the whole
+    and the halves of its best cut read (``confidence``: whole, left, right), the share of its ink
+    the cut crosses (two digits touch lightly, one digit is cut through its strokes), and the
+    narrower and wider half's width in digit heights."""
+    whole, left, right = confidence
+    widths = sorted(h.width / unit for h in halves)
     return [
         seg.width / unit, seg.height / unit, seg.ink.sum() / max(typical, 1e-6), float(seg.merged),
         whole, min(left, right), math.sqrt(left * right),
+        _cut_ink(seg, halves) / max(float(seg.ink.sum()), 1e-6), widths[0], widths[1],
     ]
 
 
@@ -472,7 +478,7 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
         conf = _confidence(classify, [seg.ink] + [p.ink for pair in candidates for p in pair])
         whole, halves = conf[0], conf[1:].reshape(-1, 2)
         best = int((halves[:, 0] * halves[:, 1]).argmax())
-        features = _split_features(seg, unit, typical, whole, *halves[best])
+        features = _split_features(seg, unit, typical, (whole, *halves[best]), candidates[best])
         if ratio <= MUST_SPLIT and _logit(SPLIT_BIAS, SPLIT_WEIGHTS, features) <= 0:
             return [seg]
     left, right = candidates[best]
