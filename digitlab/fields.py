@@ -436,7 +436,7 @@ MUST_SPLIT = 1.3
 # 3,000 generated fields (seeds 10 to 29, half of them with 30% touching digits and tight spacing),
 # labelled by the generator's digit boxes, read by the default fast model (top=12). Cross-validated
 # over 4 groups of seeds it splits 32 single digits and misses 75 of 412 pairs, where the rule
-# before it (without the cut's ink and the halves' widths) split 40 and missed 102.
+# before it (without the slivers' ink and the halves' widths) split 40 and missed 102.
 SPLIT_WEIGHTS = (24.12, 2.59, 1.11, 1.22, -7.86, -7.67, 27.98, 3.12, -11.8, -13.95)
 SPLIT_BIAS = -26.47
 
@@ -447,8 +447,8 @@ def _split_features(
     """What decides whether a piece holds two digits: its width and height in digit heights, its ink
     against the field's typical digit, whether it was joined from pieces, how confidently the whole
     and the halves of its best cut read (``confidence``: whole, left, right), the share of its ink
-    the cut crosses (two digits touch lightly, one digit is cut through its strokes), and the
-    narrower and wider half's width in digit heights."""
+    that neither half keeps (a cut through one digit's strokes leaves slivers that ``_trim`` drops;
+    two touching digits come apart whole), and the narrower and wider half's width in digit heights."""
     whole, left, right = confidence
     widths = sorted(h.width / unit for h in halves)
     return [

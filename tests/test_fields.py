@@ -13,6 +13,8 @@ from digitlab.cli import app
 from digitlab.data import load_dataset
 from digitlab.errors import ImageError
 from digitlab.fields import (
+    Segment,
+    _split_features,
     edit_distance,
     field_ink,
     fields_benchmark,
@@ -112,6 +114,23 @@ def test_remove_rules_keeps_a_ring_resting_on_the_line_closed():
     assert ndi.label(new_mask)[1] == 1
     holes = ndi.label(~new_mask)[1]
     assert holes == 2  # outside and the ring's inside: the ring is closed
+
+
+def test_split_features_count_the_ink_a_cut_leaves_in_slivers():
+    # A cut through one digit's strokes leaves stray bits that neither half keeps; two touching
+    # digits come apart whole. The feature is that lost share of the piece's ink.
+    ink = np.zeros((30, 40), np.float32)
+    ink[5:25, 4:8] = 1.0  # left digit: 80 px
+    ink[5:25, 30:34] = 1.0  # right digit: 80 px
+    ink[14:16, 8:30] = 1.0  # a bar the cut breaks into slivers: 44 px
+    seg = Segment((0, 0, 40, 30), ink)
+    left = Segment((4, 5, 8, 25), ink[5:25, 4:8])
+    right = Segment((30, 5, 34, 25), ink[5:25, 30:34])
+    features = _split_features(seg, 20.0, 80.0, (0.5, 0.9, 0.8), (left, right))
+    assert len(features) == 10
+    assert features[7] == pytest.approx(44 / 204)
+    assert features[8:] == [0.2, 0.2]  # narrower and wider half, in digit heights
+    assert features[5] == 0.8 and features[6] == pytest.approx((0.9 * 0.8) ** 0.5)
 
 
 def test_rule_line_is_gone_from_field_ink(mnist_test):
