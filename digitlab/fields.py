@@ -266,10 +266,11 @@ def _resting_strokes(
     a 2 written on the line), not to the rule itself.
 
     The rule's own profile across its width is measured in the columns where it is alone: its
-    centre row (a straight fit, so a tilted rule works) and its median ink at each row offset.
-    A removed pixel holding clearly more ink than the rule has at that offset is a stroke's; the
-    rule's core rows between a stroke's pixels above and below it (give or take a column) are given back too, so a 0
-    resting on the rule stays closed. Only pixels connected to ink outside the rule band count.
+    centre row (a straight fit, so a tilted rule works) and its median ink at each quarter-pixel
+    offset from that centre. A removed pixel holding clearly more ink than the rule has at that
+    offset is a stroke's; the rule's core rows between a stroke's pixels above and below it (give
+    or take a column) are given back too, so a 0 resting on the rule stays closed. Only pixels
+    connected to ink outside the rule band count.
     """
     h, w = mask.shape
     alone = removed.any(axis=0) & ~(line & ~removed).any(axis=0)
@@ -287,20 +288,22 @@ def _resting_strokes(
     inside = (yy >= 0) & (yy < h)
     yy = np.clip(yy, 0, h - 1)
     band = np.where(inside, ink[yy, cols[None, :]], 0.0)
+    band_mask = inside & mask[yy, cols[None, :]]
     # The rule's ink by distance from its centre, in quarter pixels: a straight rule's centre sits
     # at a fraction of a row that a tilted one changes along its length.
     offset = np.rint(4 * (yy - fit[None, :])).astype(int)
-    seen = np.unique(offset[:, xs])
-    medians = np.array([np.median(band[:, xs][offset[:, xs] == q]) for q in seen])
+    alone_offset, alone_ink = offset[:, xs], band[:, xs]
+    seen = np.unique(alone_offset)
+    medians = np.array([np.median(alone_ink[alone_offset == q]) for q in seen])
     profile = np.interp(offset, seen, medians)
     # Excess over the rule, averaged over 3 columns: a stroke is wider than one pixel of noise.
     excess = ndi.uniform_filter1d(band - profile, 3, axis=1)
-    stroke_band = (excess > 0.2) & inside & mask[yy, cols[None, :]]
+    stroke_band = (excess > 0.2) & band_mask
     # Core rows sandwiched between stroke pixels of the same column.
     wide = ndi.binary_dilation(stroke_band, structure=np.ones((1, 3), bool))
     above = np.maximum.accumulate(wide, axis=0)
     below = np.maximum.accumulate(wide[::-1], axis=0)[::-1]
-    stroke_band |= above & below & inside & mask[yy, cols[None, :]]
+    stroke_band |= above & below & band_mask
     stroke = np.zeros_like(mask)
     stroke[yy[stroke_band], np.nonzero(stroke_band)[1]] = True
     stroke &= removed
