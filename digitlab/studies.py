@@ -10,7 +10,10 @@ public pieces because it changes the learning rate every step and needs every st
 Each curve gets a verdict, in this order of precedence:
 
 * ``diverged``: the loss became NaN or infinite (``train()`` raised ``TrainingError``);
-* ``unstable``: the epoch loss rose by more than 10% (and 0.05) from one epoch to the next;
+* ``unstable``: some epoch's mean loss is more than 1.5x the loss at the start (the first
+  mini-batch's, i.e. of the initial weights): the rate throws the model far above where it began,
+  whatever it recovers to later; or the epoch loss rose by more than 10% (and 0.05) from one epoch
+  to the next;
 * ``stuck``: the last epoch's loss is still at least 95% of chance level, ln(number of classes),
   and less than 10% below the first epoch's;
 * ``slow``: the last epoch's loss is still above half the chance level, or above half the
@@ -57,6 +60,10 @@ INIT_SETUPS: dict[str, dict[str, Any]] = {
 DEFAULT_LRS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 UNSTABLE_RISE = 0.10  # relative epoch-to-epoch rise of the loss that counts as unstable
 UNSTABLE_MIN_RISE = 0.05  # ... and at least this much in absolute terms (tiny losses jitter)
+# An epoch's mean loss above this multiple of the initial weights' loss: the step overshoots. A sane rate
+# never averages above its starting loss, and an overshooting one lands several times above it (SGD at
+# lr 10 on notebook 004's MLP: 3x to 13x), so the verdict does not hang on how far it recovers later.
+UNSTABLE_OVER_START = 1.5
 
 
 def study_config(dataset: str = "digits", **overrides: Any) -> TrainConfig:
@@ -79,6 +86,7 @@ class Curve:
     status: str
     seconds: float
     error: str | None = None
+    start_loss: float | None = None  # the first mini-batch's loss (initial weights)
 
     @property
     def final_loss(self) -> float:
@@ -90,8 +98,8 @@ class Curve:
             "group": self.group, "label": self.label, **self.changes, "epochs": len(self.history),
             "first_train_loss": self.history[0]["train_loss"] if self.history else None,
             "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
-            "final_val_acc": last.get("val_acc"), "status": self.status, "seconds": round(self.seconds, 2),
-            "error": self.error,
+            "final_val_acc": last.get("val_acc"), "start_loss": self.start_loss, "status": self.status,
+            "seconds": round(self.seconds, 2), "error": self.error,
         }
 
 
@@ -119,12 +127,18 @@ class StudyResult:
                 "config": self.config, "table": self.table}
 
 
-def verdict(losses: list[float], num_classes: int, diverged: bool = False) -> str:
-    """The curve's verdict (see the module docstring for the rules)."""
-    if diverged:
+def verdict(losses: list[float], num_classes: int, diverged: bool = False, start: float | None = None) -> str:
+    """The curve's verdict from its epoch losses (see the module docstring for the rules).
+
+    ``start`` is the loss of the first mini-batch (the initial weights); without it only the
+    epoch-to-epoch rule can call a curve unstable.
+    """
+    if diverged or not all(math.isfinite(v) for v in losses):
         return "diverged"
     if not losses:
         return "ok"
+    if start is not None and math.isfinite(start) and max(losses) > UNSTABLE_OVER_START * start:
+        return "unstable"
     for a, b in zip(losses, losses[1:], strict=False):
         if b > a * (1 + UNSTABLE_RISE) and b - a > UNSTABLE_MIN_RISE:
             return "unstable"
@@ -173,10 +187,12 @@ def _run_curve(group: str, label: str, base: TrainConfig, changes: dict[str, Any
     from digitlab.training import train
 
     config = base.replace(**changes, runs_dir=str(tmp), name=f"curve-{index}", report=False, tensorboard=False)
-    seen: dict[str, list] = {"history": []}
+    seen: dict[str, Any] = {"history": [], "start": None}
 
     def keep_history(state: Any) -> None:
         seen["history"] = state.history  # the live list: still readable if training raises
+        if seen["start"] is None:
+            seen["start"] = state.loss  # the first mini-batch's loss: that of the initial weights
 
     t0 = time.perf_counter()
     error = None
@@ -188,8 +204,8 @@ def _run_curve(group: str, label: str, base: TrainConfig, changes: dict[str, Any
         shutil.rmtree(tmp / config.name, ignore_errors=True)
     rows = [{k: float(row[k]) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
             for row in history]
-    status = verdict([r["train_loss"] for r in rows], num_classes, diverged=error is not None)
-    return Curve(group, label, changes, rows, status, time.perf_counter() - t0, error)
+    status = verdict([r["train_loss"] for r in rows], num_classes, diverged=error is not None, start=seen["start"])
+    return Curve(group, label, changes, rows, status, time.perf_counter() - t0, error, seen["start"])
 
 
 def _run_grid(kind: str, base: TrainConfig, grid: list[tuple[str, str, dict[str, Any]]], out: Path,

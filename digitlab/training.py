@@ -194,6 +194,7 @@ class TrainState:
     history: list[dict[str, float]]
     device: torch.device
     scale: Callable[[torch.Tensor], torch.Tensor]  # uint8 (N,H,W) -> model input (N,C,H,W)
+    loss: float = math.nan  # the last mini-batch's loss
 
     @property
     def epoch_float(self) -> float:
@@ -768,7 +769,7 @@ def _train(
                     train_seconds += time.perf_counter() - t0
                     advance(loss_v)
                     if callbacks:
-                        state.epoch, state.step, state.train_seconds = epoch, step, train_seconds
+                        state.epoch, state.step, state.train_seconds, state.loss = epoch, step, train_seconds, loss_v
                         if dd.any_rank(any(cb(state) for cb in callbacks)):
                             stop = True
                             break

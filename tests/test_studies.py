@@ -34,6 +34,32 @@ def test_verdict_rules() -> None:
     assert verdict([], 10, diverged=True) == "diverged"
 
 
+@pytest.mark.parametrize(
+    "losses, start, expected",
+    [
+        # SGD at lr 10 on notebook 004's MLP: the first epoch averages 3x the initial loss, then it
+        # recovers to a fair final loss (versions differ in how far): unstable either way
+        ([8.21, 2.52, 2.32, 1.91, 1.12], 2.6, "unstable"),
+        ([8.21, 2.52, 2.32, 1.91, 0.40], 2.6, "unstable"),
+        ([33.7, 24.2, 24.4, 21.8, 19.7], 2.6, "unstable"),
+        # a large initialization starts high and only falls: not the rate's fault
+        ([9.5, 6.0, 4.0, 0.9], 14.0, "ok"),
+        ([9.5, 6.0, 4.0], 14.0, "slow"),
+        # a small rate: near its start the whole time
+        ([2.59, 2.48, 2.37, 2.27, 2.18], 2.65, "slow"),
+        ([2.31, 2.30, 2.30], 2.31, "stuck"),
+        ([0.93, 0.31, 0.21, 0.16, 0.135], 2.4, "ok"),
+        # up and down from epoch to epoch, never above the start
+        ([1.5, 1.18, 1.11, 1.19, 1.32], 2.5, "unstable"),
+        # a non-finite epoch loss is divergence even if training did not raise
+        ([0.9, float("nan")], 2.4, "diverged"),
+        ([0.9, float("inf")], None, "diverged"),
+    ],
+)
+def test_verdict_on_synthetic_curves(losses: list[float], start: float | None, expected: str) -> None:
+    assert verdict(losses, 10, start=start) == expected
+
+
 def test_init_study_reproduces_the_notebook(tmp_path: Path) -> None:
     base = study_config(epochs=6, threads=1, runs_dir=str(tmp_path))
     result = init_study(base, out=tmp_path / "init", progress="quiet")
