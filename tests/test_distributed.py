@@ -17,7 +17,7 @@ from digitlab.cli import app
 from digitlab.config import TrainConfig, validate
 from digitlab.errors import ConfigError
 from digitlab.runs import Run
-from digitlab.training import _open_run, train
+from digitlab.training import open_run, train
 
 pytestmark = pytest.mark.xdist_group("distributed")
 
@@ -102,7 +102,7 @@ def test_resume_of_a_two_process_run_repeats_it_exactly(runs: dict[str, Path]) -
     assert resumed.metrics["test"]["accuracy"] == straight.metrics["test"]["accuracy"]
     # a different number of processes would change shards, steps and learning rate: refused
     with pytest.raises(ConfigError, match="same number"):
-        _open_run(None, runs["resumed"], None)
+        open_run(None, runs["resumed"], None)
 
 
 def test_shards_partition_each_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
