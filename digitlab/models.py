@@ -91,13 +91,14 @@ def parse_options(items: Iterable[str] | None) -> dict[str, Any]:
 def _parse_value(raw: str) -> Any:
     if raw.startswith("[") and raw.endswith("]"):
         raw = raw[1:-1]
-        return [_parse_scalar(part.strip()) for part in raw.split(",") if part.strip()]
+        return [parse_scalar(part.strip()) for part in raw.split(",") if part.strip()]
     if "," in raw:
-        return [_parse_scalar(part.strip()) for part in raw.split(",") if part.strip()]
-    return _parse_scalar(raw)
+        return [parse_scalar(part.strip()) for part in raw.split(",") if part.strip()]
+    return parse_scalar(raw)
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_scalar(raw: str) -> Any:
+    """One option value from text: true/false, an int, a float, else the string itself."""
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
     for kind in (int, float):

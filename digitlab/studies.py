@@ -3,13 +3,13 @@
 ``init_study()`` trains the same model once per (optimizer, initialization) pair and draws one
 loss-per-epoch panel per optimizer; ``lr_study()`` sweeps learning rates with and without momentum;
 ``lr_find()`` is fastai's range test (exponentially growing learning rate over ~100 mini-batches,
-smoothed loss, stop at 4x the best) with a suggested rate. Every curve of the studies is a real
-``train()`` run (in a temporary folder); the range test runs its own short loop over the engine's
-public pieces because it changes the learning rate every step and needs every step's loss.
+smoothed loss, stop at 4x the best) with a suggested rate. Every curve of the studies, and the range
+test, is a ``fit`` of the training engine without a run folder (the data is prepared once per study);
+the range test sets each step's rate through the engine's ``lr`` hook and records every step's loss.
 
 Each curve gets a verdict, in this order of precedence:
 
-* ``diverged``: the loss became NaN or infinite (``train()`` raised ``TrainingError``);
+* ``diverged``: the loss became NaN or infinite (``fit`` raised ``TrainingError``);
 * ``unstable``: some epoch's mean loss is more than 1.5x the loss at the start (the first
   mini-batch's, i.e. of the initial weights): the rate throws the model far above where it began,
   whatever it recovers to later; or the epoch loss rose by more than 10% (and 0.05) from one epoch
@@ -25,24 +25,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
-import shutil
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from digitlab.config import TrainConfig, recipe_config
+from digitlab.config import TrainConfig, recipe_config, validate
 from digitlab.errors import ConfigError, TrainingError
+from digitlab.runs import default_runs_dir
+from digitlab.training import Hooks, ProgressMode, Reporter, TrainData, fit, prepare_data, setup
 from digitlab.utils import atomic_write, atomic_write_json, atomic_write_text
 
-Progress = Literal["rich", "json", "quiet"]
+Progress = ProgressMode
 
 # Notebook 004's optimizers (Keras defaults for Adam) and initializations. Keras' initializers
 # there are TruncatedNormal(stddev), i.e. cut at two standard deviations: our 'truncated-normal'.
@@ -153,87 +151,52 @@ def verdict(losses: list[float], num_classes: int, diverged: bool = False, start
 # --- running curves ---------------------------------------------------------------------------------
 
 
-class _Reporter:
-    def __init__(self, mode: Progress) -> None:
-        self.mode = mode
-        if mode == "rich":
-            from rich.console import Console
-
-            self.console = Console()
-
-    def event(self, kind: str, /, **data: Any) -> None:
-        if self.mode == "json":
-            sys.stdout.write(json.dumps({"event": kind, **data}, default=str) + "\n")
-            sys.stdout.flush()
-
-    def message(self, text: str) -> None:
-        self.event("message", text=text)
-        if self.mode == "rich":
-            self.console.print(text, highlight=False)
-
-    def curve(self, c: Curve) -> None:
-        self.event("curve", **c.summary())
-        if self.mode == "rich":
-            color = {"ok": "green", "slow": "yellow", "stuck": "yellow"}.get(c.status, "red")
-            self.console.print(
-                f"{c.group} / {c.label}: final loss {c.final_loss:.4f} [{color}]{c.status}[/] "
-                f"({len(c.history)} epochs, {c.seconds:.1f}s)",
-                highlight=False,
-            )
+def _curve_text(c: Curve) -> str:
+    color = {"ok": "green", "slow": "yellow", "stuck": "yellow"}.get(c.status, "red")
+    return (f"{c.group} / {c.label}: final loss {c.final_loss:.4f} [{color}]{c.status}[/] "
+            f"({len(c.history)} epochs, {c.seconds:.1f}s)")
 
 
-def _run_curve(group: str, label: str, base: TrainConfig, changes: dict[str, Any], tmp: Path, index: int,
+def _run_curve(group: str, label: str, base: TrainConfig, changes: dict[str, Any], data: TrainData,
                num_classes: int) -> Curve:
-    from digitlab.training import train
+    config = base.replace(**changes)
+    start: list[float] = []
 
-    config = base.replace(**changes, runs_dir=str(tmp), name=f"curve-{index}", report=False, tensorboard=False)
-    seen: dict[str, Any] = {"history": [], "start": None}
-
-    def keep_history(state: Any) -> None:
-        seen["history"] = state.history  # the live list: still readable if training raises
-        if seen["start"] is None:
-            seen["start"] = state.loss  # the first mini-batch's loss: that of the initial weights
+    def first_loss(state: Any) -> None:
+        if not start:
+            start.append(state.loss)  # the first mini-batch's loss: that of the initial weights
 
     t0 = time.perf_counter()
     error = None
+    state, data = setup(config, data)
     try:
-        history = train(config, progress="quiet", callbacks=[keep_history]).history
+        fit(state.model, data, config, Hooks(step=[first_loss]), state)
     except TrainingError as exc:
-        history, error = list(seen["history"]), str(exc).split(";")[0]
-    finally:
-        shutil.rmtree(tmp / config.name, ignore_errors=True)
+        error = str(exc).split(";")[0]
     rows = [{k: float(row[k]) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")}
-            for row in history]
-    status = verdict([r["train_loss"] for r in rows], num_classes, diverged=error is not None, start=seen["start"])
-    return Curve(group, label, changes, rows, status, time.perf_counter() - t0, error, seen["start"])
+            for row in state.history]
+    begin = start[0] if start else None
+    status = verdict([r["train_loss"] for r in rows], num_classes, diverged=error is not None, start=begin)
+    return Curve(group, label, changes, rows, status, time.perf_counter() - t0, error, begin)
 
 
 def _run_grid(kind: str, base: TrainConfig, grid: list[tuple[str, str, dict[str, Any]]], out: Path,
               progress: Progress) -> tuple[list[Curve], int]:
-    from digitlab.config import validate
-    from digitlab.data import load_dataset
-
     validate(base)
     for _, _, changes in grid:
         validate(base.replace(**changes))
-    num_classes = load_dataset(base.dataset, data_dir=base.data_dir).num_classes
-    reporter = _Reporter(progress)
+    data = prepare_data(base)  # every curve trains on the same images: prepared once
+    reporter = Reporter(progress)
     reporter.message(f"{kind} study on {base.dataset}, model {base.model} {base.model_options}, "
                      f"{base.epochs} epochs, {len(grid)} runs -> {out}")
     curves = []
-    tmp = Path(tempfile.mkdtemp(prefix=f"digitlab-study-{kind}-"))
-    try:
-        for i, (group, label, changes) in enumerate(grid):
-            curves.append(_run_curve(group, label, base, changes, tmp, i, num_classes))
-            reporter.curve(curves[-1])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return curves, num_classes
+    for group, label, changes in grid:
+        curves.append(_run_curve(group, label, base, changes, data, data.num_classes))
+        reporter.line("curve", _curve_text(curves[-1]), **curves[-1].summary())
+    return curves, data.num_classes
 
 
 def _default_out(base: TrainConfig, stem: str) -> Path:
-    from digitlab.runs import default_runs_dir
-
     root = Path(base.runs_dir) if base.runs_dir else default_runs_dir()
     return root / f"{stem}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', base.dataset).strip('-')}"
 
@@ -257,7 +220,7 @@ def _finish(kind: str, base: TrainConfig, curves: list[Curve], out: Path, figure
     csv_path = _write_curves_csv(out / f"{kind}_study.csv", kind, curves)
     result = StudyResult(kind, out, base.to_dict(), curves, figure, csv_path)
     atomic_write_json(out / f"{kind}_study.json", result.to_dict())
-    _Reporter(progress).event("result", **result.to_dict())
+    Reporter(progress).event("result", **result.to_dict())
     return result
 
 
@@ -406,26 +369,6 @@ class LRFindResult:
                 "csv": str(self.csv), "config": self.config}
 
 
-def _training_data(config: TrainConfig) -> tuple[Any, Any, Any, Any]:
-    """The run's training images and labels (after ``train_subset``), its fitted scaler, its dataset.
-
-    This repeats the first lines of ``train()`` (split, subset, scaler) so the range test sees
-    exactly the data a run would.
-    """
-    import torch
-
-    from digitlab import data as dl
-
-    ds = dl.load_dataset(config.dataset, data_dir=config.data_dir)
-    sp = dl.split(ds, scheme=config.split, val_size=config.val_size, seed=42)
-    x, y = sp.train_x, sp.train_y
-    if config.train_subset is not None and config.train_subset < len(x):
-        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))[: config.train_subset]
-        x, y = x[keep.numpy()], y[keep.numpy()]
-    scaler = dl.make_scaler(config.scaler, max_value=ds.max_value).fit(x)
-    return x, y, scaler, ds
-
-
 def lr_find(
     config: TrainConfig,
     start_lr: float = 1e-7,
@@ -444,67 +387,46 @@ def lr_find(
     the steepest descent of the smoothed loss (against log lr) before its minimum, skipping the
     first tenth of the steps; ``min_loss_lr`` is the minimum's rate divided by 10.
     """
-    import torch
-    import torch.nn.functional as F
-
-    from digitlab.config import validate
-    from digitlab.models import build_model, init_weights
-    from digitlab.training import augment_batch, make_optimizer
-    from digitlab.utils import resolve_device, seed_everything, set_threads
-
     validate(config)
     if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
         raise ConfigError(f"The range test needs 0 < start lr < end lr, got {start_lr:g} and {end_lr:g}.")
     if num_iter < 10:
         raise ConfigError(f"The range test needs at least 10 steps to smooth the loss, got {num_iter}.")
-    reporter = _Reporter(progress)
-    set_threads(config.threads)
-    device = resolve_device(config.device)
-    gen = seed_everything(config.seed)
-    x, y, scaler, ds = _training_data(config)
-    xs, ys = torch.as_tensor(x).to(device), torch.as_tensor(y, dtype=torch.long).to(device)
-    model = build_model(config.model, ds.input_shape, ds.num_classes, **config.model_options)
-    init_weights(model, config.init, std=config.init_std)
-    model.to(device).train()
-    optimizer = make_optimizer(config, model.parameters())
-    reg = getattr(model, "regularization_loss", None)
-    batch = min(config.batch_size, len(xs))
-    reporter.message(f"LR range test on {ds.name}: model {config.model}, optimizer {config.optimizer}, batch {batch}, "
-                     f"lr {start_lr:g} -> {end_lr:g} over {num_iter} steps")
+    reporter = Reporter(progress)
+    data = prepare_data(config)
+    # Enough epochs for num_iter steps; the hooks set every step's rate and stop after the last.
+    steps_per_epoch = math.ceil(len(data.x["train"]) / config.batch_size)
+    run = config.replace(epochs=math.ceil(num_iter / steps_per_epoch), schedule="constant", warmup_epochs=0.0,
+                         early_stopping=False)
+    reporter.message(f"LR range test on {config.dataset}: model {config.model}, optimizer {config.optimizer}, "
+                     f"batch {config.batch_size}, lr {start_lr:g} -> {end_lr:g} over {num_iter} steps")
 
-    lrs, losses, smoothed = [], [], []
-    avg, best, stopped = 0.0, math.inf, False
-    perm, pos = torch.randperm(len(xs), generator=gen).to(device), 0
-    for i in range(num_iter):
-        if pos + batch > len(xs):
-            perm, pos = torch.randperm(len(xs), generator=gen).to(device), 0
-        idx = perm[pos : pos + batch]
-        pos += batch
-        lr = start_lr * (end_lr / start_lr) ** (i / (num_iter - 1))
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        xb = xs[idx]
-        if config.augment:
-            xb = augment_batch(xb.unsqueeze(1).float(), config, gen).squeeze(1)
-        loss = F.cross_entropy(model(scaler.transform(xb).unsqueeze(1)), ys[idx],
-                               label_smoothing=config.label_smoothing)
-        total = loss + reg() if reg is not None else loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            stopped = True
-            break
-        avg = beta * avg + (1 - beta) * value
-        smooth = avg / (1 - beta ** (i + 1))
-        lrs.append(lr)
-        losses.append(value)
+    def rate(step: int) -> float:
+        return start_lr * (end_lr / start_lr) ** (step / (num_iter - 1))
+
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    track = {"avg": 0.0, "best": math.inf, "stopped": False}
+
+    def record(state: Any) -> bool:
+        track["avg"] = beta * track["avg"] + (1 - beta) * state.loss
+        smooth = track["avg"] / (1 - beta ** (len(lrs) + 1))
+        lrs.append(rate(state.step - 1))
+        losses.append(state.loss)
         smoothed.append(smooth)
-        best = min(best, smooth)
-        if smooth > diverge * best:
-            stopped = True
-            break
+        track["best"] = min(track["best"], smooth)
+        if smooth > diverge * track["best"]:
+            track["stopped"] = True
+            return True
+        return len(lrs) >= num_iter
+
+    state, data = setup(run, data)
+    try:
+        fit(state.model, data, run, Hooks(stop_step=[record], lr=rate), state)
+    except TrainingError:  # the loss became NaN or infinite: the test ends there
+        track["stopped"] = True
+    stopped = bool(track["stopped"])
     if len(lrs) < 3:
         raise TrainingError(f"The loss diverged within {len(lrs)} steps from lr {start_lr:g}: lower --start-lr.")
     suggestion, min_loss_lr = _suggest(lrs, smoothed)

@@ -1,9 +1,11 @@
 """Hyperparameter search with Optuna: search spaces, presets, pruning, shared studies, plots.
 
 ``tune(space, base, n_trials=...) -> TuneResult``. A trial samples values from the ``SearchSpace``,
-applies them to the ``base`` TrainConfig and trains with ``train()`` (quietly, in a temporary run
-folder that is deleted afterwards); its objective is the validation accuracy of the finished run.
-Per-epoch validation accuracy goes to Optuna so the median pruner can stop poor trials early.
+applies them to the ``base`` TrainConfig and trains it with the engine's ``fit`` (no run folder; the
+data is prepared once and shared by trials that use the same data); its objective is the final
+model's validation accuracy. An epoch hook hands each epoch's validation accuracy to Optuna, so the
+median pruner can stop poor trials early. With no search space named, ``default_space`` searches the
+learning rate, batch size, width (or hidden units) and weight decay of the base's model.
 
 The study lives in a database: by default ``runs/tune-<study>/study.db`` (SQLite), so running the
 same command again continues it (trial numbers go on). ``storage`` takes any URL Optuna accepts, and
@@ -16,20 +18,24 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import shutil
 import socket
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from digitlab.config import TrainConfig, recipe_config
+import numpy as np
+
+from digitlab.config import RECIPES, TrainConfig, assemble, read_table_file, recipe_config, validate
 from digitlab.errors import ConfigError, RunError, TrainingError
+from digitlab.models import MODELS, parse_scalar
+from digitlab.runs import Run, default_runs_dir
+from digitlab.training import Hooks, ProgressMode, Reporter, TrainData, data_key, fit, loss_acc, predict_proba, \
+    prepare_data, setup, train
+from digitlab.training.progress import format_value
 from digitlab.utils import atomic_write, atomic_write_json, atomic_write_text
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -81,8 +87,6 @@ class Dimension:
 
     def grid(self, points: int = 3) -> list[Any]:
         """Values for the grid sampler: the choices, or ``points`` values spread over the range."""
-        import numpy as np
-
         if self.choices is not None:
             return list(self.choices)
         if self.is_int and self.step:
@@ -110,9 +114,7 @@ class Dimension:
 
 
 def _scalar(raw: str) -> Any:
-    from digitlab.models import _parse_scalar
-
-    return _parse_scalar(raw.strip())
+    return parse_scalar(raw.strip())
 
 
 def parse_dimension(name: str, value: Any) -> Dimension:
@@ -191,8 +193,6 @@ class SearchSpace:
 
     def check(self, base: TrainConfig) -> None:
         """Refuse names that are neither training options nor options of a model this space can pick."""
-        from digitlab.models import MODELS
-
         models = self.dims["model"].grid() if "model" in self.dims else [base.model]
         for model in models:
             if model not in MODELS:
@@ -221,8 +221,6 @@ class SearchSpace:
             if name == "model":
                 values[name] = dim.choices[0] if dim.fixed else dim.suggest(trial, name)
         model = values.get("model", base.model)
-        from digitlab.models import MODELS
-
         options = MODELS[model].defaults
         for name, dim in self.dims.items():
             applies = name in _CONFIG_FIELDS or name in options or (
@@ -238,15 +236,11 @@ class SearchSpace:
 
 
 def _has_mlp_hidden(model: str) -> bool:
-    from digitlab.models import MODELS
-
     return isinstance(MODELS[model].defaults.get("hidden"), tuple)
 
 
 def apply_values(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """``base`` with sampled values applied: config fields directly, the rest as model options."""
-    from digitlab.models import MODELS
-
     model = values.get("model", base.model)
     # The base's model options belong to the base's model; another family starts from its defaults.
     options = dict(base.model_options) if model == base.model else {}
@@ -316,7 +310,7 @@ def load_space_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns ``(space, train_overrides)``. A file without a ``[space]`` table is all space.
     """
     path = Path(path)
-    raw = _read_table_file(path)
+    raw = read_table_file(path, "Space file", "--space")
     if "space" in raw:
         space, train_ = raw["space"], raw.get("train", {})
     else:
@@ -324,34 +318,6 @@ def load_space_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(space, dict) or not isinstance(train_, dict):
         raise ConfigError(f"Space file '{path}' must hold a [space] table (and optionally a [train] table).")
     return space, train_
-
-
-def _read_table_file(path: Path) -> dict[str, Any]:
-    # load_config_file unwraps a [train] table; the space file needs both tables, so read it whole.
-    if not path.is_file():
-        raise ConfigError(f"Space file '{path}' does not exist: check the path given to --space.")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"Space file '{path}' must end in .toml, .yaml, .yml or .json.")
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
-        raise ConfigError(f"Space file '{path}' could not be parsed ({exc}): fix its syntax.") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"Space file '{path}' must hold tables of option = value pairs.")
-    return data
 
 
 def build_search(

@@ -30,10 +30,12 @@ from digitlab.training.engine import (
     TrainData,
     TrainState,
     build,
+    data_key,
     fit,
     loss_acc,
     predict_proba,
     prepare_data,
+    setup,
 )
 from digitlab.training.optim import lr_at, make_optimizer, use_bf16
 from digitlab.training.progress import ProgressMode, Reporter
@@ -41,8 +43,8 @@ from digitlab.training.run import finish, new_run_dir, open_run, preprocess_targ
 
 __all__ = [
     "INITS", "MONITORS", "OPTIMIZERS", "RECIPES", "SCHEDULES", "TRANSFORMS", "Callback", "Hooks", "ProgressMode",
-    "Reporter", "TrainConfig", "TrainData", "TrainState", "augment_batch", "build", "finish", "fit",
+    "Reporter", "TrainConfig", "TrainData", "TrainState", "augment_batch", "build", "data_key", "finish", "fit",
     "load_checkpoint", "load_config_file", "loss_acc", "lr_at", "make_optimizer", "new_run_dir", "open_run",
-    "predict_proba", "prepare_data", "preprocess_target", "recipe_config", "restore", "save_checkpoint", "train",
+    "predict_proba", "prepare_data", "preprocess_target", "recipe_config", "restore", "save_checkpoint", "setup", "train",
     "use_bf16", "validate",
 ]

@@ -33,7 +33,7 @@ from digitlab.errors import ConfigError, TrainingError
 from digitlab.models import build_model, init_weights
 from digitlab.training.augment import augment_batch
 from digitlab.training.optim import lr_at, make_optimizer, use_bf16
-from digitlab.utils import resolve_device
+from digitlab.utils import resolve_device, seed_everything, set_threads
 
 # --- data ------------------------------------------------------------------------------------------
 
@@ -94,15 +94,26 @@ def prepare_data(config: TrainConfig, device: torch.device | None = None) -> Tra
         keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(config.seed))
         keep = keep[: config.train_subset].numpy()
         train_x, train_y = train_x[keep], train_y[keep]
-    if config.batch_size > len(train_x):
-        raise ConfigError(
-            f"Batch size {config.batch_size} is larger than the {len(train_x)} training images: lower --batch-size."
-        )
+    _check_batch(config, len(train_x))
     scaler = dl.make_scaler(config.scaler, max_value=ds.max_value).fit(train_x)
     parts = {"train": (train_x, train_y), "val": (sp.val_x, sp.val_y), "test": (sp.test_x, sp.test_y)}
     xs = {k: torch.as_tensor(x).to(device) for k, (x, _) in parts.items()}
     ys = {k: torch.as_tensor(y, dtype=torch.long).to(device) for k, (_, y) in parts.items()}
     return TrainData(xs, ys, scaler, ds.input_shape, list(ds.classes), device, ds, sp)
+
+
+def _check_batch(config: TrainConfig, n: int) -> None:
+    if config.batch_size > n:
+        raise ConfigError(f"Batch size {config.batch_size} is larger than the {n} training images: lower --batch-size.")
+
+
+# The fields that decide prepare_data's result: configs equal in these can share one TrainData.
+DATA_FIELDS = ("dataset", "data_dir", "split", "val_size", "train_subset", "scaler", "seed", "device")
+
+
+def data_key(config: TrainConfig) -> tuple[Any, ...]:
+    """What ``prepare_data`` depends on, to reuse one TrainData across trials or curves."""
+    return tuple(getattr(config, f) for f in DATA_FIELDS)
 
 
 def build(config: TrainConfig, data: TrainData) -> torch.nn.Module:
@@ -171,6 +182,19 @@ class Hooks:
     stop_step: list[Callback] = field(default_factory=list)  # after every step: True ends training there
     stop_epoch: list[Callback] = field(default_factory=list)  # after each epoch: True ends training
     lr: Callable[[int], float] | None = None  # the rate of each step instead of the config's schedule
+
+
+def setup(config: TrainConfig, data: TrainData | None = None) -> tuple[TrainState, TrainData]:
+    """Threads, seeds, the data (unless given: see ``data_key``), the model and its fresh state: then
+    ``fit(state.model, data, config, hooks, state)`` is a training run without a folder."""
+    set_threads(config.threads)
+    gen = seed_everything(config.seed)  # before build: the initial weights come from torch's global generator
+    if data is None:
+        data = prepare_data(config)
+    else:
+        _check_batch(config, len(data.x["train"]))
+    model = build(config, data)
+    return TrainState.start(model, config, data, gen), data
 
 
 # --- evaluation -------------------------------------------------------------------------------------
