@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from digitlab.errors import DigitlabError
 
@@ -36,7 +37,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except DigitlabError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escape: messages quote file contents and option syntax such as "[space] table"
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -346,7 +348,7 @@ def baseline_command(
 def tune_command(
     preset: str | None = typer.Option(None, "--preset", help="Built-in search: notebook-003 or mlp."),
     space: str | None = typer.Option(
-        None, "--space", help="TOML/YAML/JSON file with a [space] table (and optionally a [train] table)."
+        None, "--space", help="TOML/YAML/JSON file with a \\[space] table (and optionally a \\[train] table)."
     ),
     model: str | None = typer.Option(None, "--model", help="Model or models to search, e.g. mlp,cnn-small."),
     n_hidden: str | None = typer.Option(None, "--n-hidden", help="MLP hidden layers: 1,2 or 1..3."),

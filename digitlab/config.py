@@ -1,7 +1,8 @@
 """The one typed training config, its named recipes and config files. Imports no torch.
 
 Every field is a ``digitlab train`` flag (``batch_size`` -> ``--batch-size``); a recipe is a named
-set of overrides of the defaults; flags given by the user override the recipe.
+set of overrides of the defaults. ``assemble(recipe, file, flags)`` is how every command (train,
+lr-find, tune) turns its options into a config: the recipe, then the config file, then the flags.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from digitlab.errors import ConfigError
 
@@ -189,32 +194,85 @@ def recipe_config(recipe: str = "fast", **overrides: Any) -> TrainConfig:
     return TrainConfig(**{**RECIPES[recipe], **overrides, "recipe": recipe})
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML file of TrainConfig fields (a top-level [train] table is accepted)."""
+def read_table_file(path: str | Path, what: str = "Config file", flag: str = "--config") -> dict[str, Any]:
+    """The top-level table of a TOML, YAML or JSON file; ``what`` and ``flag`` name it in errors."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file '{path}' does not exist: check the path given to --config.")
+        raise ConfigError(f"{what} '{path}' does not exist: check the path given to {flag}.")
     text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"{what} '{path}' must end in .toml, .yaml, .yml or .json.")
     try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
+        if suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif path.suffix.lower() == ".json":
+        elif suffix == ".json":
             data = json.loads(text)
         else:
-            raise ConfigError(f"Config file '{path}' must end in .toml, .yaml, .yml or .json.")
-    except ConfigError:
-        raise
+            data = yaml.safe_load(text) or {}
     except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
-        raise ConfigError(f"Config file '{path}' could not be parsed ({exc}): fix its syntax.") from exc
+        raise ConfigError(f"{what} '{path}' could not be parsed ({exc}): fix its syntax.") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"Config file '{path}' must hold a table of option = value pairs.")
+        raise ConfigError(f"{what} '{path}' must hold a table of option = value pairs.")
+    return data
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON file of TrainConfig fields (a top-level [train] table is accepted)."""
+    data = read_table_file(path)
     return data.get("train", data)
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """The training defaults a registered model brings (``register_model(..., train=...)``): overrides
+    of the fast recipe, e.g. no CNN augmentation or label smoothing for the linear model and the MLP."""
+    from digitlab.models import MODELS  # imports torch: only once a model is named
+
+    info = MODELS.get(model)
+    return dict(info.train_defaults) if info is not None else {}
+
+
+def assemble(
+    recipe: str | None = None,
+    file: str | Path | Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> TrainConfig:
+    """The config of a command line: a starting point, then the config file, then the flags (later wins).
+
+    The starting point is ``base`` (e.g. a run's saved config) if given, else the recipe: ``recipe``,
+    else the file's ``recipe`` entry, else the fast recipe with the training defaults of the model
+    the file or flags name (``model_defaults``: a linear model gets no CNN augmentation), else ``fast``.
+    ``file`` is a path (``load_config_file``) or an already read table; in ``flags`` None means "not
+    given". ``model_options`` (``-o KEY=VALUE``) merge: the starting point's options, then the file's,
+    then the flags' (as a dict or a list of KEY=VALUE strings), each key replaced by the later value; the
+    starting point's options are dropped when the file or flags switch to another model (they are that
+    model's).
+    """
+    given = dict(load_config_file(file) if isinstance(file, str | Path) else (file or {}))
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if "model_options" in flags and not isinstance(flags["model_options"], Mapping):
+        from digitlab.models import parse_options  # imports torch
+
+        flags["model_options"] = parse_options(flags["model_options"])
+    if isinstance(flags.get("betas"), str):
+        try:
+            flags["betas"] = tuple(float(b) for b in flags["betas"].split(","))
+        except ValueError:
+            raise ConfigError(f"--betas must be two numbers like 0.9,0.999, got '{flags['betas']}'.") from None
+    recipe = recipe or given.pop("recipe", None)
+    given.pop("recipe", None)
+    model = flags.get("model", given.get("model"))
+    if base is not None:
+        start = TrainConfig.from_dict(dict(base)).to_dict()
+    elif recipe is None and model is not None and model_defaults(model):
+        start = recipe_config("fast", **model_defaults(model)).to_dict()
+    else:
+        start = recipe_config(recipe or "fast").to_dict()
+    options = dict(start.get("model_options") or {}) if model in (None, start["model"]) else {}
+    for layer in (given, flags):
+        options.update(layer.get("model_options") or {})
+    return TrainConfig.from_dict({**start, **given, **flags, "model_options": options})
 
 
 def validate(config: TrainConfig) -> None:

@@ -28,13 +28,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
-from digitlab.config import RECIPES, TrainConfig, assemble, read_table_file, recipe_config, validate
+from digitlab.config import TrainConfig, assemble, load_config_file, read_table_file, recipe_config, validate
 from digitlab.errors import ConfigError, RunError, TrainingError
 from digitlab.models import MODELS, parse_scalar
 from digitlab.runs import Run, default_runs_dir
-from digitlab.training import Hooks, ProgressMode, Reporter, TrainData, data_key, fit, loss_acc, predict_proba, \
-    prepare_data, setup, train
+from digitlab.training import (
+    Hooks,
+    ProgressMode,
+    Reporter,
+    TrainData,
+    data_key,
+    fit,
+    loss_acc,
+    predict_proba,
+    prepare_data,
+    setup,
+    train,
+)
 from digitlab.training.progress import format_value
 from digitlab.utils import atomic_write, atomic_write_json, atomic_write_text
 
@@ -331,11 +343,10 @@ def build_search(
     """The search space and base config of a ``digitlab tune`` command line.
 
     Later sources win: the preset, then the space file's ``[space]`` and ``[train]`` tables, then the
-    options. The base starts from ``recipe`` (default: the preset's, else ``fast``); ``config_file``
-    is a ``digitlab train --config`` file of base fields.
+    options. The base is ``config.assemble(recipe, file, flags)``: ``recipe`` (default: the preset's),
+    then the preset's fields, ``config_file`` (a ``digitlab train --config`` file) and the space file's
+    ``[train]`` table, then ``overrides``. An empty space is filled in by ``tune`` (``default_space``).
     """
-    from digitlab.config import RECIPES, load_config_file
-
     space = SearchSpace()
     base_fields: dict[str, Any] = {}
     if preset is not None:
@@ -351,12 +362,25 @@ def build_search(
         space = space.merged(file_space)
         base_fields.update(file_train)
     space = space.merged({k: v for k, v in (space_options or {}).items() if v is not None})
-    base_fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    recipe = recipe or base_fields.pop("recipe", None) or "fast"
-    base_fields.pop("recipe", None)
-    if recipe not in RECIPES:
-        raise ConfigError(f"Unknown recipe '{recipe}': choose one of {', '.join(RECIPES)}.")
-    return space, TrainConfig.from_dict({**recipe_config(recipe).to_dict(), **base_fields, "recipe": recipe})
+    return space, assemble(recipe, base_fields, overrides)
+
+
+def default_space(base: TrainConfig) -> SearchSpace:
+    """A search around ``base`` for its model: learning rate (a decade either way, log-uniform), batch
+    size (half, same, double), the width or hidden units if the model has them, and weight decay."""
+    lr = base.lr
+    dims: dict[str, Any] = {
+        "lr": {"low": float(f"{lr / 10:.3g}"), "high": float(f"{lr * 10:.3g}"), "log": True},
+        "batch_size": sorted({max(8, base.batch_size // 2), base.batch_size, base.batch_size * 2}),
+    }
+    options = MODELS[base.model].defaults
+    if _has_mlp_hidden(base.model):
+        dims["units"] = {"low": 32, "high": 512, "log": True}
+    elif isinstance(options.get("width"), int):
+        width = int(base.model_options.get("width", options["width"]))
+        dims["width"] = sorted({max(1, width // 2), width, width * 2})
+    dims["weight_decay"] = {"low": 1e-5, "high": 1e-1, "log": True}
+    return SearchSpace.from_dict(dims)
 
 
 # --- the result ----------------------------------------------------------------------------------
@@ -392,52 +416,19 @@ class TuneResult:
 # --- progress --------------------------------------------------------------------------------------
 
 
-class _Reporter:
-    """A line per finished trial (rich), JSON event lines, or nothing."""
-
-    def __init__(self, mode: Literal["rich", "json", "quiet"]) -> None:
-        self.mode = mode
-        if mode == "rich":
-            from rich.console import Console
-
-            self.console = Console()
-
-    def event(self, kind: str, /, **data: Any) -> None:
-        if self.mode == "json":
-            import sys
-
-            sys.stdout.write(json.dumps({"event": kind, **data}, default=str) + "\n")
-            sys.stdout.flush()
-
-    def message(self, text: str) -> None:
-        self.event("message", text=text)
-        if self.mode == "rich":
-            self.console.print(text, highlight=False)
-
-    def trial(self, row: dict[str, Any], best: tuple[int, float] | None) -> None:
-        self.event("trial", **row, best_trial=best[0] if best else None, best_value=best[1] if best else None)
-        if self.mode != "rich":
-            return
-        params = "  ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items())
-        state = row["state"].lower()
-        if state == "complete":
-            mark = " [bold green]best[/]" if best and best[0] == row["number"] else ""
-            what = f"val acc [bold]{row['value']:.4f}[/]{mark}"
-        elif state == "pruned":
-            what = f"[yellow]pruned[/] after epoch {row['epochs']}"
-        else:
-            what = f"[red]{state}[/]" + (f": {row['error']}" if row.get("error") else "")
-        self.console.print(
-            f"trial {row['number']:>3}  {what}  {params}  ({row['seconds']:.1f}s)"
-            + (f"   best: #{best[0]} {best[1]:.4f}" if best else ""),
-            highlight=False,
-        )
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
+def _trial_text(row: dict[str, Any], best: tuple[int, float] | None) -> str:
+    """A finished trial in one line: its state or value, its parameters, the best so far."""
+    params = "  ".join(f"{k}={format_value(v)}" for k, v in row["params"].items())
+    state = row["state"].lower()
+    if state == "complete":
+        mark = " [bold green]best[/]" if best and best[0] == row["number"] else ""
+        what = f"val acc [bold]{row['value']:.4f}[/]{mark}"
+    elif state == "pruned":
+        what = f"[yellow]pruned[/] after epoch {row['epochs']}"
+    else:
+        what = f"[red]{state}[/]" + (f": {row['error']}" if row.get("error") else "")
+    return (f"trial {row['number']:>3}  {what}  {params}  ({row['seconds']:.1f}s)"
+            + (f"   best: #{best[0]} {best[1]:.4f}" if best else ""))
 
 
 def _trial_row(t: Any) -> dict[str, Any]:
@@ -537,51 +528,42 @@ def _open_study(url: str, name: str, sampler: Any, pruner: Any, attempts: int = 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _objective(space: SearchSpace, base: TrainConfig, tmp_root: Path, prune: bool) -> Any:
+def _objective(space: SearchSpace, base: TrainConfig, prune: bool) -> Any:
     import optuna
 
-    from digitlab.training import train
+    shared: dict[tuple[Any, ...], TrainData] = {}  # the last trial's data, for trials that use the same
 
     def objective(trial: Any) -> float:
         config = space.sample(trial, base)
         saved = {k: v for k, v in config.to_dict().items() if k not in ("runs_dir", "name")}
         trial.set_user_attr("config", saved)
         trial.set_user_attr("worker", _WORKER)
-        config = config.replace(runs_dir=str(tmp_root), name=f"trial-{trial.number}", report=False,
-                                tensorboard=False)
-        reported = 0
+        key = data_key(config)
+        if key not in shared:
+            shared.clear()
+            shared[key] = prepare_data(config)
+        state, data = setup(config, shared[key])
         pruned = False
 
-        def report_epochs(state: Any) -> bool:
-            # History grows by one row after each epoch; callbacks run after every step, so the new
-            # row shows up at the first step of the next epoch.
-            nonlocal reported, pruned
-            while reported < len(state.history):
-                trial.report(state.history[reported]["val_acc"], reported + 1)
-                reported += 1
-                if prune and trial.should_prune():
-                    pruned = True
-                    return True
-            return False
+        def report_epoch(state: Any) -> bool:
+            nonlocal pruned
+            trial.report(state.history[-1]["val_acc"], state.epoch)
+            # After the last epoch there is nothing left to save: the trial completes.
+            pruned = prune and state.epoch < config.epochs and trial.should_prune()
+            return pruned
 
-        run_dir = tmp_root / config.name
         try:
-            run = train(config, progress="quiet", callbacks=[report_epochs])
+            fit(state.model, data, config, Hooks(stop_epoch=[report_epoch]), state)
         except TrainingError as exc:
             trial.set_user_attr("error", str(exc).split(":")[0])
             raise
-        finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        # A pruned run stops early in the next epoch; that partial epoch's row is not a real epoch.
-        history = run.history[:reported] if pruned else run.history
         keep = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
-        trial.set_user_attr("history", [{k: row.get(k) for k in keep} for row in history])
-        trial.set_user_attr("epochs", len(history))
+        trial.set_user_attr("history", [{k: row.get(k) for k in keep} for row in state.history])
+        trial.set_user_attr("epochs", len(state.history))
         if pruned:
-            raise optuna.TrialPruned(f"pruned after epoch {reported}")
-        for i in range(reported, len(run.history)):  # the last epoch, which no callback saw
-            trial.report(run.history[i]["val_acc"], i + 1)
-        return float(run.metrics["val"]["accuracy"])
+            raise optuna.TrialPruned(f"pruned after epoch {state.epoch}")
+        probs = predict_proba(state.model, data.x["val"], data.scale, config.eval_batch_size)
+        return loss_acc(probs, data.y["val"])[1]  # the final weights (the best epoch's with restore_best)
 
     return objective
 
@@ -601,9 +583,12 @@ def tune(
     grid_points: int = 3,
     final: bool = True,
     out: str | Path | None = None,
-    progress: Literal["rich", "json", "quiet"] = "rich",
+    progress: ProgressMode = "rich",
 ) -> TuneResult:
     """Search ``space`` around ``base``; retrain the best config once and evaluate it on the test set.
+
+    A ``space`` with nothing to search (None, empty, or only fixed values) becomes ``default_space(base)``
+    with the fixed values kept, and the output says so.
 
     ``n_trials`` and ``timeout`` bound this call; ``max_total_trials`` bounds the whole study (all
     processes sharing it). ``sampler_seed`` defaults to ``base.seed`` plus the number of trials
@@ -614,12 +599,15 @@ def tune(
     """
     import optuna
 
-    from digitlab.config import validate
-    from digitlab.runs import default_runs_dir
-
     base = base or TrainConfig()
-    space = SearchSpace.from_dict(space)
+    space = SearchSpace.from_dict(space or {})
+    reporter = Reporter(progress)
     validate(base)
+    if not space.searched:
+        fixed_model = space.dims["model"].choices[0] if "model" in space.dims else base.model
+        space = default_space(base.replace(model=fixed_model)).merged(space)
+        reporter.message(f"no search space given: searching the default space of model {fixed_model} "
+                         "(give options such as --lr 1e-4..1e-1, a --space file or a --preset to choose)")
     space.check(base)
     if base.split == "none" or (base.val_size <= 0 and base.split == "default"):
         raise ConfigError("Tuning needs a validation split to score trials: use --split default (or a notebook "
@@ -638,7 +626,6 @@ def tune(
     runs_root = Path(base.runs_dir) if base.runs_dir else default_runs_dir()
     tune_dir = Path(out) if out else runs_root / f"tune-{name}"
     url = _storage_url(storage, tune_dir)
-    reporter = _Reporter(progress)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
@@ -667,25 +654,23 @@ def tune(
             best = (study_.best_trial.number, study_.best_value)
         except ValueError:  # no trial completed yet
             best = None
-        reporter.trial(_trial_row(trial), best)
+        row = _trial_row(trial)
+        reporter.line("trial", _trial_text(row, best), **row, best_trial=best[0] if best else None,
+                      best_value=best[1] if best else None)
 
     callbacks = [on_trial]
     if max_total_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(
             max_total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
-    tmp_root = Path(tempfile.mkdtemp(prefix="digitlab-tune-"))
-    try:
-        if n_trials != 0:
-            study.optimize(_objective(space, base, tmp_root, prune), n_trials=n_trials, timeout=timeout,
-                           callbacks=callbacks, catch=(TrainingError,), gc_after_trial=False)
-    finally:
-        shutil.rmtree(tmp_root, ignore_errors=True)
+    if n_trials != 0:
+        study.optimize(_objective(space, base, prune), n_trials=n_trials, timeout=timeout,
+                       callbacks=callbacks, catch=(TrainingError,), gc_after_trial=False)
 
     return _summarize(study, tune_dir, url, new_trials, final, reporter, force_final=n_trials == 0)
 
 
 def _summarize(study: Any, tune_dir: Path, url: str, new_trials: list[int], final: bool,
-               reporter: _Reporter, force_final: bool = False) -> TuneResult:
+               reporter: Reporter, force_final: bool = False) -> TuneResult:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -748,15 +733,12 @@ def _claim_final(url: str, study: Any, best: Any) -> bool:
     return True
 
 
-def _final_run(study: Any, best: Any, tune_dir: Path, reporter: _Reporter) -> tuple[Path, float]:
+def _final_run(study: Any, best: Any, tune_dir: Path, reporter: Reporter) -> tuple[Path, float]:
     """Retrain the best trial's config once (deterministic: same seed) and evaluate it on the test set.
 
     The result is recorded in the study, so later calls and other workers report it instead of
     looking at the test set again. A folder left by an interrupted retraining is resumed.
     """
-    from digitlab.runs import Run
-    from digitlab.training import train
-
     recorded = study.user_attrs.get("final") or {}
     run_dir = tune_dir / f"best-trial-{best.number}"
     if recorded.get("trial") == best.number:
@@ -798,12 +780,11 @@ def _write_trials_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _plots(study: Any, folder: Path, notes: list[str]) -> dict[str, Path]:
     """Optimization history, parameter importances and parallel coordinates (optuna's matplotlib plots)."""
-    import matplotlib
+    import matplotlib  # matplotlib and optuna: only once there is a study to plot
 
     # optuna's plots go through pyplot; a headless worker must not try to open a window.
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
         matplotlib.use("Agg")
-    import numpy as np
     import optuna
     import optuna.visualization.matplotlib as vm
     from matplotlib import pyplot as plt
@@ -857,10 +838,8 @@ def _plots(study: Any, folder: Path, notes: list[str]) -> dict[str, Path]:
     return figures
 
 
-def trials_table(result: TuneResult, limit: int = 50) -> Any:
+def trials_table(result: TuneResult, limit: int = 50) -> Table:
     """A rich Table of the study's trials (the last ``limit``), best first marked."""
-    from rich.table import Table
-
     table = Table(title=f"study {result.study_name}: {result.n_trials} trials")
     for col, justify in (("#", "right"), ("state", "left"), ("val acc", "right"), ("epochs", "right"),
                          ("seconds", "right"), ("parameters", "left")):
@@ -873,6 +852,6 @@ def trials_table(result: TuneResult, limit: int = 50) -> Any:
         table.add_row(
             str(r["number"]), r["state"].lower(), f"[bold green]{value}[/]" if best else value, str(r["epochs"]),
             "" if r["seconds"] is None else f"{r['seconds']:.1f}",
-            "  ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()),
+            "  ".join(f"{k}={format_value(v)}" for k, v in r["params"].items()),
         )
     return table

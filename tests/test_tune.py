@@ -13,7 +13,16 @@ from typer.testing import CliRunner
 from digitlab.cli import app
 from digitlab.config import TrainConfig
 from digitlab.errors import ConfigError
-from digitlab.tune import PRESETS, SearchSpace, apply_values, build_search, parse_dimension, preset_config, tune
+from digitlab.tune import (
+    PRESETS,
+    SearchSpace,
+    apply_values,
+    build_search,
+    default_space,
+    parse_dimension,
+    preset_config,
+    tune,
+)
 
 DIGITS = dict(dataset="digits", model="mlp", model_options={"hidden": [32]}, optimizer="sgd", momentum=0.0, lr=0.1,
               schedule="constant", weight_decay=0.0, label_smoothing=0.0, scaler="standard", batch_size=32,
@@ -183,5 +192,30 @@ def test_cli_tune_twice_continues_the_study(tmp_path: Path) -> None:
     assert "trial   2" in res.output and "trial   3" in res.output and "best trial #" in res.output
     assert "study notebook-003: 4 trials" in res.output
 
-    res = runner.invoke(app, ["tune", "--dataset", "digits", "--lr", "0.1", "--runs-dir", str(tmp_path)])
-    assert res.exit_code == 2 and "search space is empty" in res.output
+
+def test_cli_tune_without_a_space_searches_the_default_space_and_continues(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["tune", "--dataset", "digits", "--n-trials", "3", "--threads", "1", "--runs-dir", str(tmp_path),
+            "--no-report"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "default space of model fast" in first.output and "study digits-search: 3 trials" in first.output
+    second = runner.invoke(app, [*args, "--json"])
+    assert second.exit_code == 0, second.output
+    result = [json.loads(line) for line in second.output.splitlines()][-1]
+    assert result["n_trials"] == 6 and result["new_trials"] == [3, 4, 5]
+    study = optuna.load_study(study_name="digits-search", storage=result["storage"])
+    assert len(study.trials) == 6  # one database holds both calls' trials
+    searched = set(study.trials[0].params)
+    assert searched == {"lr", "batch_size", "width", "weight_decay"}
+
+
+def test_default_space_follows_the_model() -> None:
+    mlp = default_space(TrainConfig(model="mlp", lr=0.01, batch_size=64))
+    assert set(mlp.dims) == {"lr", "batch_size", "units", "weight_decay"}
+    assert (mlp.dims["lr"].low, mlp.dims["lr"].high, mlp.dims["lr"].log) == (0.001, 0.1, True)
+    assert mlp.dims["batch_size"].choices == [32, 64, 128]
+    logreg = default_space(TrainConfig(model="logreg"))
+    assert set(logreg.dims) == {"lr", "batch_size", "weight_decay"}  # nothing to widen
+    fast = default_space(TrainConfig(model="fast", model_options={"width": 24}))
+    assert fast.dims["width"].choices == [12, 24, 48]
