@@ -9,11 +9,11 @@ MNIST, float or uint8) or ``(n_samples, H, W)`` images. Flat rows become images 
 ``image_shape``, else square images when ``n_features`` is a square, else ``1 x n_features`` (an
 MLP sees the same flat vector either way). Labels may be any hashable values (``classes_``).
 
-The training loop is a small one over the engine's public pieces (``build_model``,
-``make_optimizer``, ``lr_at`` and the scalers) because ``train()`` loads datasets by name and this
-estimator trains on arrays it is given. Mini-batches are shuffled by a generator seeded from
-``random_state``; weights and dropout use a forked torch RNG, so fitting leaves the caller's
-random state alone and the same ``random_state`` gives the same model.
+Fitting is the training engine's ``fit`` on the arrays (``TrainData.from_arrays``) with a constant
+learning rate, no augmentation and no label smoothing; early stopping is the engine's, on the
+validation loss. Mini-batches are shuffled by a generator seeded from ``random_state``; weights and
+dropout use a forked torch RNG, so fitting leaves the caller's random state alone and the same
+``random_state`` gives the same model.
 """
 
 from __future__ import annotations
@@ -24,10 +24,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from digitlab.config import TrainConfig, validate
+from digitlab.data import make_scaler
+from digitlab.models import MODELS
+from digitlab.training import Hooks, TrainData, TrainState, build, fit
+from digitlab.utils import resolve_device
 
 _PREDICT_BATCH = 4096
 
@@ -35,8 +43,6 @@ _PREDICT_BATCH = 4096
 @contextmanager
 def _threads(n: int | None) -> Iterator[None]:
     """Use ``n`` torch threads inside the block, then restore the caller's setting."""
-    import torch
-
     if not n:
         yield
         return
@@ -143,11 +149,6 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> DigitClassifier:
         """Train a fresh model on X, y; returns self."""
-        import torch
-
-        from digitlab.config import TrainConfig, validate
-        from digitlab.data import make_scaler
-
         X, shape = self._flatten(X)
         X, y = validate_data(self, X, y, dtype="numeric")
         check_classification_targets(y)
@@ -166,24 +167,40 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         train_idx, val_idx = self._validation_split(y_index, seed)
         self.scaler_.fit(images[train_idx])
         config = TrainConfig(
-            model=self.model, optimizer=self.optimizer, lr=float(self.lr), momentum=float(self.momentum),
-            weight_decay=float(self.weight_decay), schedule="constant", epochs=int(self.epochs),
-            batch_size=max(1, min(int(self.batch_size), len(train_idx))), label_smoothing=0.0,
-            patience=int(self.patience), device=self.device, seed=seed,
+            model=self.model, model_options=self._options(), optimizer=self.optimizer, lr=float(self.lr),
+            momentum=float(self.momentum), weight_decay=float(self.weight_decay), schedule="constant",
+            epochs=int(self.epochs), batch_size=max(1, min(int(self.batch_size), len(train_idx))),
+            label_smoothing=0.0, early_stopping=len(val_idx) > 0, monitor="val_loss", patience=int(self.patience),
+            device=self.device, seed=seed,
         )
         validate(config)
         self.config_ = config.to_dict()
+        device = resolve_device(config.device)
+        val = (images[val_idx], y_index[val_idx]) if len(val_idx) else None
+        data = TrainData.from_arrays((images[train_idx], y_index[train_idx]), val, self.scaler_,
+                                     list(self.classes_), device)
         with torch.random.fork_rng(devices=[]), _threads(self.threads):
-            torch.manual_seed(seed)
-            self._train(config, images, y_index, train_idx, val_idx)
+            torch.manual_seed(seed)  # the initial weights and dropout: the caller's generator is left alone
+            model = build(config, data)
+            state = fit(model, data, config, Hooks(epoch_end=[self._print_epoch] if self.verbose else []))
+        self.loss_curve_ = [row["train_loss"] for row in state.history]
+        self.validation_scores_ = [row["val_acc"] for row in state.history] if val is not None else []
+        self.best_epoch_ = state.best_epoch if val is not None else None
+        self.n_iter_ = len(state.history)
+        self.model_ = model.eval()
         return self
+
+    def _print_epoch(self, state: TrainState) -> None:
+        row = state.history[-1]
+        line = f"epoch {state.epoch}/{state.config.epochs}  loss {row['train_loss']:.4f}"
+        if not math.isnan(row["val_loss"]):
+            line += f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+        print(line)
 
     def _validation_split(self, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         index = np.arange(len(y))
         if not self.early_stopping:
             return index, index[:0]
-        from sklearn.model_selection import train_test_split
-
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction} must lie strictly between 0 and 1.")
         try:
@@ -191,11 +208,10 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         except ValueError:  # too few samples of some class to stratify
             return train_test_split(index, test_size=self.validation_fraction, random_state=seed)
 
-    def _build(self, n_classes: int) -> Any:
-        from digitlab.models import MODELS, build_model
-
+    def _options(self) -> dict[str, Any]:
+        """The model options this estimator's parameters set (only those the model has)."""
         info = MODELS.get(str(self.model).strip().lower().replace("_", "-"))
-        defaults = info.defaults if info else {}  # unknown names: build_model says which exist
+        defaults = info.defaults if info else {}  # unknown names: validate says which exist
         options: dict[str, Any] = {}
         if isinstance(defaults.get("hidden"), tuple):
             options["hidden"] = [int(h) for h in np.atleast_1d(self.hidden)]
@@ -203,79 +219,12 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
             options["activation"] = self.activation
         if self.dropout is not None and "dropout" in defaults:
             options["dropout"] = self.dropout
-        return build_model(self.model, (1, *self.image_shape_), n_classes, **options)
-
-    def _train(self, config: Any, images: np.ndarray, y: np.ndarray, train_idx: np.ndarray,
-               val_idx: np.ndarray) -> None:
-        import torch
-        import torch.nn.functional as F
-
-        from digitlab.errors import TrainingError
-        from digitlab.training import lr_at, make_optimizer
-        from digitlab.utils import resolve_device
-
-        device = resolve_device(config.device)
-        model = self._build(len(self.classes_)).to(device)
-        optimizer = make_optimizer(config, model.parameters())
-        reg = getattr(model, "regularization_loss", None)
-        x_all = torch.from_numpy(images).to(device)
-        y_all = torch.from_numpy(y.astype(np.int64)).to(device)
-        xt, yt = x_all[torch.from_numpy(train_idx)], y_all[torch.from_numpy(train_idx)]
-        xv, yv = x_all[torch.from_numpy(val_idx)], y_all[torch.from_numpy(val_idx)]
-        gen = torch.Generator().manual_seed(config.seed)
-        n, bs = len(xt), config.batch_size
-        steps = math.ceil(n / bs)
-        self.loss_curve_: list[float] = []
-        self.validation_scores_: list[float] = []
-        best_loss, best_state, bad, step = math.inf, None, 0, 0
-        self.best_epoch_ = None
-        for epoch in range(config.epochs):
-            model.train()
-            perm = torch.randperm(n, generator=gen).to(device)
-            total = 0.0
-            for b in range(steps):
-                idx = perm[b * bs : (b + 1) * bs]
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(config, step, steps)
-                loss = F.cross_entropy(model(self.scaler_.transform(xt[idx]).unsqueeze(1)), yt[idx])
-                objective = loss + reg() if reg is not None else loss
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                optimizer.step()
-                step += 1
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingError(f"The loss became {value} in epoch {epoch + 1}: lower lr (now {self.lr}).")
-                total += value * len(idx)
-            self.loss_curve_.append(total / n)
-            line = f"epoch {epoch + 1}/{config.epochs}  loss {total / n:.4f}"
-            if len(xv):
-                model.eval()
-                with torch.inference_mode():
-                    logits = model(self.scaler_.transform(xv).unsqueeze(1))
-                    val_loss = F.cross_entropy(logits, yv).item()
-                    self.validation_scores_.append((logits.argmax(1) == yv).float().mean().item())
-                line += f"  val loss {val_loss:.4f} acc {self.validation_scores_[-1]:.4f}"
-                if val_loss < best_loss:
-                    best_loss, bad, self.best_epoch_ = val_loss, 0, epoch + 1
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad += 1
-            if self.verbose:
-                print(line)
-            if len(xv) and bad >= config.patience:
-                break
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        self.n_iter_ = len(self.loss_curve_)
-        self.model_ = model.eval()
+        return options
 
     # --- predict ----------------------------------------------------------------------------------
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
-        import torch
-
         check_is_fitted(self)
         X, shape = self._flatten(X)
         if shape is not None and tuple(shape) != tuple(self.image_shape_):

@@ -42,9 +42,9 @@ from digitlab.training.progress import ProgressMode, Reporter
 from digitlab.training.run import finish, new_run_dir, open_run, preprocess_target, train
 
 __all__ = [
-    "INITS", "MONITORS", "OPTIMIZERS", "RECIPES", "SCHEDULES", "TRANSFORMS", "Callback", "Hooks", "ProgressMode",
-    "Reporter", "TrainConfig", "TrainData", "TrainState", "augment_batch", "build", "data_key", "finish", "fit",
+    "Callback", "Hooks", "INITS", "MONITORS", "OPTIMIZERS", "ProgressMode", "RECIPES", "Reporter", "SCHEDULES",
+    "TRANSFORMS", "TrainConfig", "TrainData", "TrainState", "augment_batch", "build", "data_key", "finish", "fit",
     "load_checkpoint", "load_config_file", "loss_acc", "lr_at", "make_optimizer", "new_run_dir", "open_run",
-    "predict_proba", "prepare_data", "preprocess_target", "recipe_config", "restore", "save_checkpoint", "setup", "train",
-    "use_bf16", "validate",
+    "predict_proba", "prepare_data", "preprocess_target", "recipe_config", "restore", "save_checkpoint", "setup",
+    "train", "use_bf16", "validate",
 ]
