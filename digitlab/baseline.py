@@ -7,14 +7,18 @@ so evaluate, explain, predict and serve work on a baseline run like on any other
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from digitlab.config import TrainConfig
+from digitlab import data as dl
+from digitlab.config import TrainConfig, validate
 from digitlab.errors import ConfigError
+from digitlab.models import build_model
 from digitlab.runs import Run, save_model, write_history
+from digitlab.training import new_run_dir, preprocess_target
 from digitlab.utils import atomic_write_json
 
 BASELINES = {
@@ -24,8 +28,7 @@ BASELINES = {
 
 
 def _fit(kind: str, x: np.ndarray, y: np.ndarray, C: float, max_iter: int, seed: int) -> Any:
-    import warnings
-
+    # scikit-learn: imported only here, as in the rest of digitlab (a sixth of a fast training's start-up)
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
@@ -56,10 +59,7 @@ def baseline(
     report: bool = True,
 ) -> Run:
     """Fit a linear scikit-learn baseline and save it as a run folder."""
-    from digitlab import data as dl
-    from digitlab.evaluate import choose_threshold, evaluate_predictions
-    from digitlab.models import build_model
-    from digitlab.training import _new_run_dir
+    from digitlab.evaluate import choose_threshold, evaluate_predictions  # scikit-learn
 
     if kind not in BASELINES:
         raise ConfigError(f"Unknown baseline '{kind}': choose one of {', '.join(BASELINES)}.")
@@ -69,8 +69,6 @@ def baseline(
         dataset=dataset, split=split, scaler=scaler, model="logreg", train_subset=train_subset, seed=seed,
         runs_dir=runs_dir, name=name or None, data_dir=data_dir, recipe=f"baseline-{kind}", epochs=1,
     )
-    from digitlab.config import validate
-
     validate(cfg)
     ds = dl.load_dataset(dataset, data_dir=data_dir)
     sp = dl.split(ds, scheme=split, seed=42)
@@ -83,7 +81,7 @@ def baseline(
     def flat(x: np.ndarray) -> np.ndarray:
         return sc.transform(x).reshape(len(x), -1).numpy()
 
-    run_dir = _new_run_dir(cfg.replace(model=f"baseline-{kind}"))
+    run_dir = new_run_dir(cfg.replace(model=f"baseline-{kind}"))
     t0 = time.perf_counter()
     clf = _fit(kind, flat(train_x), train_y, C, max_iter, seed)
     fit_seconds = time.perf_counter() - t0
@@ -129,11 +127,9 @@ def baseline(
            "seconds": fit_seconds, "train_seconds": fit_seconds}
     write_history(run_dir, [row])
     threshold = choose_threshold(sp.val_y, split_probs["val"]) if "val" in split_probs else None
-    from digitlab.training import _preprocess_target
-
     save_model(run_dir, model, {
         "dataset": ds.name, "classes": list(ds.classes), "max_value": ds.max_value, "scaler": sc.to_dict(),
-        "preprocess": {"target": _preprocess_target(ds.name)}, "threshold": threshold,
+        "preprocess": {"target": preprocess_target(ds.name)}, "threshold": threshold,
         "test_accuracy": metrics["test"]["accuracy"], "val_accuracy": metrics.get("val", {}).get("accuracy"),
         "baseline": kind,
     })
@@ -141,7 +137,7 @@ def baseline(
     run = Run.load(run_dir)
     if report:
         try:
-            from digitlab.report import write_report
+            from digitlab.report import write_report  # matplotlib
         except ImportError:
             write_report = None
         if write_report is not None:

@@ -6,17 +6,20 @@ sentence with exit code 2; programming errors still show their traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from digitlab.errors import DigitlabError
+from digitlab.config import TrainConfig, assemble
+from digitlab.errors import ConfigError, DigitlabError
 
 app = typer.Typer(
     name="digitlab",
@@ -77,8 +80,10 @@ _TRAIN_HELP = {
     "val_size": "Validation images for the default split.",
     "train_subset": "Train on the first N images of the shuffled training split only.",
     "scaler": "unit, symmetric, standard or mean-std.",
-    "model": "Model name (see 'digitlab models').",
-    "model_options": "Model option KEY=VALUE, repeatable (e.g. -o hidden=300,100 -o activation=tanh).",
+    "model": "Model name (see 'digitlab models'). Without --recipe the model's own training defaults apply "
+    "(logreg, mlp: no augmentation or label smoothing, 5 epochs).",
+    "model_options": "Model option KEY=VALUE, repeatable (e.g. -o hidden=300,100 -o activation=tanh); merged "
+    "into the recipe's options (a key given replaces the recipe's value).",
     "init": "Weight init: default, glorot-uniform, he-normal, truncated-normal, normal, zeros.",
     "init_std": "Standard deviation for the normal and truncated-normal inits.",
     "optimizer": "sgd, momentum, nesterov, adam, adamw, adadelta or rmsprop.",
@@ -121,18 +126,8 @@ _TRAIN_HELP = {
 }
 
 
-def _parse_model_options(items: list[str]) -> dict:
-    from digitlab.models import parse_options
-
-    return parse_options(items)
-
-
 def _train_command(**kwargs: object) -> None:
-    import dataclasses
-
-    from digitlab.config import TrainConfig, load_config_file, recipe_config
-    from digitlab.errors import ConfigError
-    from digitlab.training import train
+    from digitlab.training import train  # torch: only once a command trains
 
     resume = kwargs.pop("resume")
     quiet = kwargs.pop("quiet")
@@ -140,41 +135,20 @@ def _train_command(**kwargs: object) -> None:
     config_file = kwargs.pop("config")
     recipe = kwargs.pop("recipe")
     progress = "json" if as_json else ("quiet" if quiet else "rich")
-    overrides = {k: v for k, v in kwargs.items() if v is not None}
-    if "model_options" in overrides:
-        overrides["model_options"] = _parse_model_options(overrides["model_options"]) or None
-        if overrides["model_options"] is None:
-            del overrides["model_options"]
-    if "betas" in overrides:
-        try:
-            overrides["betas"] = tuple(float(b) for b in str(overrides["betas"]).split(","))
-        except ValueError:
-            raise ConfigError(f"--betas must be two numbers like 0.9,0.999, got '{overrides['betas']}'.") from None
+    flags = {k: v for k, v in kwargs.items() if v is not None and v != []}
     if resume is not None:
-        unsupported = set(overrides) - {"epochs"}
+        unsupported = set(flags) - {"epochs"}
         if unsupported:
             raise ConfigError(
                 "With --resume only --epochs may change; the run keeps its saved config "
                 f"(drop {', '.join('--' + k.replace('_', '-') for k in sorted(unsupported))})."
             )
-        train(resume=resume, progress=progress, epochs=overrides.get("epochs"))
+        train(resume=resume, progress=progress, epochs=flags.get("epochs"))
         return
-    base: dict = {}
-    if config_file is not None:
-        base = load_config_file(config_file)
-        recipe = recipe or base.pop("recipe", None)
-    cfg = recipe_config(recipe or "fast")
-    cfg = TrainConfig.from_dict({**dataclasses.asdict(cfg), **base, **overrides})
-    train(cfg, progress=progress)
+    train(assemble(recipe, config_file, flags), progress=progress)
 
 
 def _build_train_signature() -> None:
-    import dataclasses
-    import inspect
-    from typing import Optional
-
-    from digitlab.config import TrainConfig
-
     params = []
     for f in dataclasses.fields(TrainConfig):
         if f.name == "recipe":
@@ -196,7 +170,9 @@ def _build_train_signature() -> None:
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
     extra = [
         ("recipe", typer.Option(None, "--recipe", help="Start from a named recipe (fast, best, pytorch-example, "
-                                "keras-convnet, notebook-000-logreg, ...); flags override it."), Optional[str]),  # noqa: UP045
+                                "keras-convnet, notebook-000-logreg, ...); the config file, then flags, override "
+                                "it. Default: fast, or the training defaults of the --model named."),
+         Optional[str]),  # noqa: UP045
         ("config", typer.Option(None, "--config", help="TOML or YAML file of options."), Optional[str]),  # noqa: UP045
         ("resume", typer.Option(None, "--resume", help="Continue an interrupted run (folder or name)."),
          Optional[str]),  # noqa: UP045
@@ -500,7 +476,6 @@ def study_lr_command(
 
     Shows slow learning at small rates and instability or divergence (NaN loss) at large ones.
     """
-    from digitlab.errors import ConfigError
     from digitlab.studies import lr_study
 
     try:
@@ -518,11 +493,13 @@ def study_lr_command(
 @user_errors
 def lr_find_command(
     run: str | None = typer.Argument(None, help="A run folder or name whose config to test (optional)."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Start from a recipe (default fast)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Start from a recipe (default: fast, or the model's "
+                                      "training defaults), as digitlab train."),
     config: str | None = typer.Option(None, "--config", help="TOML/YAML file of training options."),
     dataset: str | None = typer.Option(None, "--dataset", help="mnist, fashion-mnist, digits, ..."),
     model: str | None = typer.Option(None, "--model", help="Model name."),
-    model_option: list[str] | None = typer.Option(None, "--model-option", "-o", help="Model option KEY=VALUE."),
+    model_option: list[str] | None = typer.Option(None, "--model-option", "-o", help="Model option KEY=VALUE, "
+                                                  "merged into the recipe's (or the run's) options."),
     optimizer: str | None = typer.Option(None, "--optimizer", help="sgd, momentum, nesterov, adam, ..."),
     momentum: float | None = typer.Option(None, "--momentum", help="Momentum."),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
@@ -544,27 +521,15 @@ def lr_find_command(
     As fastai's: the rate grows exponentially from --start-lr to --end-lr over --num-iter mini-batches, the
     loss is smoothed, and the test stops once it exceeds 4x its best. Takes a run's config or train's options.
     """
-    import json as json_
-
-    from digitlab.config import TrainConfig, load_config_file, recipe_config
-    from digitlab.models import parse_options
     from digitlab.runs import resolve_run
     from digitlab.studies import lr_find
 
-    if run is not None:
-        base = json_.loads((resolve_run(run) / "config.json").read_text(encoding="utf-8"))
-    else:
-        base = recipe_config(recipe or "fast").to_dict()
-    if config is not None:
-        base.update(load_config_file(config))
-    overrides = dict(dataset=dataset, model=model, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-                     batch_size=batch_size, scaler=scaler, init=init, train_subset=train_subset, seed=seed,
-                     threads=threads, device=device)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    if model_option:
-        base["model_options"] = {**(base.get("model_options") or {}), **parse_options(model_option)}
-    result = lr_find(TrainConfig.from_dict(base), start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, out=out,
-                     progress="quiet" if as_json else "rich")
+    base = json.loads((resolve_run(run) / "config.json").read_text(encoding="utf-8")) if run is not None else None
+    flags = dict(dataset=dataset, model=model, model_options=model_option, optimizer=optimizer, momentum=momentum,
+                 weight_decay=weight_decay, batch_size=batch_size, scaler=scaler, init=init,
+                 train_subset=train_subset, seed=seed, threads=threads, device=device)
+    result = lr_find(assemble(recipe, config, flags, base=base), start_lr=start_lr, end_lr=end_lr,
+                     num_iter=num_iter, out=out, progress="quiet" if as_json else "rich")
     if as_json:
         print_json(result.to_dict())
 

@@ -152,11 +152,3 @@ def onnx_session(model: torch.nn.Module, meta: dict[str, Any], run_dir: Path | N
             "export it again with 'digitlab export RUN --format onnx'."
         ) from exc
 
-
-def compare_runtimes(run: str | Path, images: np.ndarray) -> float:
-    """Largest absolute difference between PyTorch's and onnxruntime's probabilities on ``images``."""
-    from digitlab.predict import Predictor
-
-    torch_probs = Predictor.from_run(run).predict_proba(images)
-    onnx_probs = Predictor.from_run(run, runtime="onnx").predict_proba(images)
-    return float(np.abs(torch_probs - onnx_probs).max())
