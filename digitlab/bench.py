@@ -29,9 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.table import Table
 
+from digitlab.config import recipe_config
+from digitlab.data import load_dataset, split
 from digitlab.errors import ConfigError
-from digitlab.predict import shift_tta_proba
+from digitlab.models import build_model
+from digitlab.predict import Predictor, shift_tta_proba
+from digitlab.runs import Run
+from digitlab.training import predict_proba, train
+from digitlab.utils import set_threads
 
 TARGETS = (0.98, 0.99, 0.995)
 QUICK_TARGETS = (0.80, 0.90, 0.95)
@@ -153,8 +160,6 @@ class _Tracker:
 
 
 def _test_accuracy_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, scale: Callable) -> Callable[[], float]:
-    from digitlab.training import predict_proba
-
     def evaluate() -> float:
         return (predict_proba(model, x, scale, 2048).argmax(1) == y).float().mean().item()
 
@@ -165,9 +170,6 @@ def _run_engine(
     entry: BenchEntry, seed: int, targets: Sequence[float], max_seconds: float | None, quick: bool, runs_dir: Path,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    from digitlab.config import recipe_config
-    from digitlab.data import load_dataset
-    from digitlab.training import train
 
     overrides: dict[str, Any] = dict(seed=seed, runs_dir=str(runs_dir), report=False, name=f"{entry.recipe}-{seed}",
                                      threads=threads)
@@ -221,9 +223,6 @@ def _run_dataloader(
     entry: BenchEntry, seed: int, targets: Sequence[float], max_seconds: float | None, quick: bool
 ) -> dict[str, Any]:
     """pytorch/examples mnist/main.py's training loop, fed the way the example feeds it."""
-    from digitlab.config import recipe_config
-    from digitlab.data import load_dataset
-    from digitlab.models import build_model
 
     config = recipe_config(entry.recipe)
     ds = load_dataset("mnist")
@@ -333,9 +332,6 @@ def _time_report(run_dir: Path) -> float | None:
         from digitlab.report import write_report
     except ImportError:
         return None
-    from digitlab.data import load_dataset, split
-    from digitlab.predict import Predictor
-    from digitlab.runs import Run
 
     run = Run.load(run_dir)
     cfg = run.config
@@ -372,7 +368,6 @@ def bench_train(
     if max_seconds_per_recipe is not None and max_seconds_per_recipe <= 0:
         raise ConfigError(f"--max-seconds-per-recipe must be positive, got {max_seconds_per_recipe}.")
     targets = tuple(targets or (QUICK_TARGETS if quick else TARGETS))
-    from digitlab.utils import set_threads
 
     set_threads(threads)  # the DataLoader recipe and the measurements outside the engine
     out: dict[str, Any] = {"machine": machine_info(), "quick": quick, "targets": list(targets),
@@ -446,8 +441,6 @@ def compute_floor(recipe: str = "fast", images: int = 55_000) -> dict[str, Any]:
     measured matmul FLOP/s: the seconds an epoch would take if every layer ran like a large matmul."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from digitlab.config import recipe_config
-    from digitlab.models import build_model
 
     config = recipe_config(recipe)
     model = build_model(config.model, **config.model_options)
@@ -475,8 +468,6 @@ def bench_predict(
     run: str | Path, *, batch_size: int = 512, repeats: int = 5, latency_samples: int = 300
 ) -> dict[str, Any]:
     """Batched images/second and single-image latency of a run through ``Predictor`` (CPU)."""
-    from digitlab.data import load_dataset
-    from digitlab.predict import Predictor
 
     if repeats < 1 or latency_samples < 1 or batch_size < 1:
         raise ConfigError("--repeats, --latency-samples and --batch-size must be at least 1.")
@@ -567,8 +558,6 @@ def bench_robust(
     run: str | Path | Sequence[str | Path], *, tta: bool = False, limit: int | None = None
 ) -> dict[str, Any]:
     """Accuracy of a run (or the average of several runs: an ensemble) on each transformed MNIST test set."""
-    from digitlab.data import load_dataset
-    from digitlab.predict import Predictor
 
     paths = [run] if isinstance(run, str | Path) else list(run)
     if not paths:
@@ -607,7 +596,6 @@ def _fmt_seconds(v: float | None) -> str:
 
 
 def print_train(result: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
 
     m = result["machine"]
     console.print(f"[bold]digitlab bench train[/]{' --quick' if result['quick'] else ''}: {m['cpu']}, "
@@ -671,7 +659,6 @@ def print_predict(result: dict[str, Any], console: Any) -> None:
 
 
 def print_robust(result: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
 
     title = ", ".join(result["models"]) + (" + shift TTA" if result["tta"] else "")
     table = Table(title=f"Accuracy on transformed MNIST test digits: {title}")

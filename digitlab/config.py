@@ -277,7 +277,7 @@ def assemble(
 
 def validate(config: TrainConfig) -> None:
     """Check the config before any work starts; one clear error per problem."""
-    from digitlab.data import SCALERS
+    from digitlab.data import SCALERS  # data and models import torch: kept off `digitlab --help`
     from digitlab.models import MODELS
 
     def bad(msg: str) -> None:

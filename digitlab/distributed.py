@@ -29,8 +29,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from digitlab.config import LR_SCALINGS
 from digitlab.errors import ConfigError, DigitlabError, TrainingError
@@ -120,8 +122,6 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The model in DistributedDataParallel (which averages gradients across ranks), or itself."""
     if not enabled():
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -169,8 +169,6 @@ def epoch_generator(gen: torch.Generator, seed: int, epoch: int) -> torch.Genera
     """
     if not enabled():
         return gen
-    import numpy as np
-
     s = int(np.random.SeedSequence([seed, epoch, rank()]).generate_state(1)[0])
     torch.manual_seed(s)
     return torch.Generator().manual_seed(s)

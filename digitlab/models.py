@@ -18,6 +18,7 @@ This module imports nothing from training: the dependency points the other way.
 
 from __future__ import annotations
 
+import html
 import inspect
 import math
 from collections import OrderedDict
@@ -322,8 +323,6 @@ class ModelSummary(str):
     buffers: int
 
     def _repr_html_(self) -> str:
-        import html
-
         def shape(r: dict[str, Any]) -> str:
             return "?" if r["output_shape"] is None else "(None, " + ", ".join(map(str, r["output_shape"])) + ")"
 
