@@ -10,13 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from digitlab.errors import ConfigError
 
@@ -204,11 +201,17 @@ def read_table_file(path: str | Path, what: str = "Config file", flag: str = "--
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise ConfigError(f"{what} '{path}' must end in .toml, .yaml, .yml or .json.")
     try:
+        # The parsers are imported for their own files only: together they cost `digitlab --help` as much
+        # as typer itself.
         if suffix == ".toml":
+            import tomllib
+
             data = tomllib.loads(text)
         elif suffix == ".json":
             data = json.loads(text)
         else:
+            import yaml
+
             data = yaml.safe_load(text) or {}
     except Exception as exc:  # noqa: BLE001 - any parser error is the user's file
         raise ConfigError(f"{what} '{path}' could not be parsed ({exc}): fix its syntax.") from exc
