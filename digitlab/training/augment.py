@@ -81,7 +81,7 @@ def stroke_width(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> 
 # Grey-level dilation and erosion as maxima of shifted views: the same numbers as
 # F.max_pool2d(x, 3, 1, 1) and -F.max_pool2d(-x, 2, 1, 1)[..., :h, :w], ~15x faster on one channel.
 def dilate3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 grey-level dilation (zero-free padding)."""
+    """3x3 grey-level dilation (the border pads with -inf, so it adds nothing)."""
     p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
     rows = torch.maximum(torch.maximum(p[..., :, :-2], p[..., :, 1:-1]), p[..., :, 2:])
     return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
