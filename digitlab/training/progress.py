@@ -22,6 +22,7 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from digitlab.config import RECIPES, TrainConfig, recipe_config
 
@@ -81,7 +82,7 @@ class Reporter:
         if self.mode == "rich":
             self.console.print(text, highlight=False)
         elif self.mode == "notebook":
-            self._lines.extend(Console().render_str(text).plain.splitlines())
+            self._lines.extend(Text.from_markup(text).plain.splitlines())
             self._show(force=True)
 
     # --- training ---------------------------------------------------------------------------------
