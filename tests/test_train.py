@@ -20,7 +20,7 @@ from digitlab.cli import app
 from digitlab.config import RECIPES, TrainConfig, assemble, load_config_file, recipe_config
 from digitlab.errors import ConfigError, TrainingError
 from digitlab.runs import Run, load_model
-from digitlab.training import augment_batch, lr_at, train
+from digitlab.training import Hooks, augment_batch, fit, lr_at, setup, train
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -287,3 +287,28 @@ def test_logreg_with_its_defaults_beats_the_cnn_recipe(tmp_path):
     assert own >= 0.91  # 91.99% measured; 5 epochs on all of MNIST: 92.6%
     cnn = train(assemble("fast", None, {**flags, "epochs": 1}), progress="quiet").metrics["test"]["accuracy"]
     assert own > cnn + 0.02
+
+
+# --- the engine on its own ----------------------------------------------------------------------------
+
+
+def test_fit_without_a_folder_repeats_train_and_its_hooks_stop_and_set_the_rate(tmp_path):
+    cfg = quick(tmp_path, name="folder")
+    state, data = setup(cfg)
+    fit(state.model, data, cfg, state=state)
+    run = train(cfg, progress="quiet")
+
+    def strip(h):
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in h]
+
+    assert strip(state.history) == strip(run.history)  # the run folder adds nothing to the numbers
+
+    three = cfg.replace(epochs=3)
+    calls = []
+    hooks = Hooks(epoch_start=[lambda s: calls.append(("start", s.epoch))],
+                  epoch_end=[lambda s: calls.append(("end", s.epoch))],
+                  stop_epoch=[lambda s: s.epoch >= 2], lr=lambda step: 1e-3)
+    state, data = setup(three, data)
+    fit(state.model, data, three, hooks, state)
+    assert calls == [("start", 0), ("end", 1), ("start", 1), ("end", 2)] and state.stopped
+    assert [r["lr"] for r in state.history] == [1e-3, 1e-3]
