@@ -931,12 +931,21 @@ def serve_command(
                                     "(0: batch only what is already waiting)."),
     workers: int | None = typer.Option(None, "--workers", help="Processes that decode and preprocess uploaded "
                                        "images (default: one per core; 0: threads of the server process)."),
+    processes: int = typer.Option(1, "--processes", help="Server processes sharing the port, each with its own "
+                                  "copy of the model (metrics add up all of them)."),
+    body_timeout: float = typer.Option(20.0, "--body-timeout", help="Seconds a request body may take to arrive "
+                                       "(then 408)."),
+    access_log: str | None = typer.Option(None, "--access-log", help="Write one JSON line per request to this "
+                                          "file ('-': standard error)."),
 ) -> None:
-    """Serve the HTTP prediction API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs)."""
+    """Serve the HTTP prediction API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs).
+
+    Operators: /healthz (alive), /readyz (ready to serve), /metrics (Prometheus)."""
     from digitlab.serve import serve
 
     serve(run, host=host, port=port, runtime=runtime, threshold=threshold, threads=threads,
-          window=window_ms / 1000.0, workers=workers)
+          window=window_ms / 1000.0, workers=workers, processes=processes, body_timeout=body_timeout,
+          access_log=access_log)
 
 
 @bench_app.command("serve")
