@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from digitlab.errors import ConfigError, DigitlabError, ImageError
-from digitlab.serving.guard import BODY_TIMEOUT, MAX_BODY_BYTES, BodyAbort, HttpGuard
+from digitlab.serving.guard import BODY_TIMEOUT, MAX_BODY_BYTES, HttpGuard
 
 __all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "ApiError", "Batcher", "create_app", "serve"]
 
@@ -255,25 +255,68 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def _uploads(request: Request) -> list[bytes]:
-    """The files of a multipart form, in order (whatever their field names)."""
+def _form_files(body: bytes, content_type: str) -> list[bytes]:
+    """The files of a multipart/form-data body, in order (whatever their field names).
+
+    python-multipart's push parser on the body in memory (the guard has bounded it): no temporary
+    files, at most ``MAX_BATCH`` parts, and a form that does not reach its closing boundary is
+    refused rather than read as a shorter one. A part is a file if it names a filename or a
+    content type other than text/plain.
+    """
+    from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "invalid_multipart", "The multipart form has no boundary in its Content-Type.")
+    files: list[bytes] = []
+    parts = 0
+    chunks: list[bytes] = []
+    header: list[bytes] = [b"", b""]
+    headers: dict[bytes, bytes] = {}
+
+    def on_part_begin() -> None:
+        nonlocal parts
+        parts += 1
+        if parts > MAX_BATCH:
+            raise ApiError(413, "too_many_parts", f"The multipart form has over {MAX_BATCH} parts; "
+                           f"send at most {MAX_BATCH} files.")
+        chunks.clear()
+        headers.clear()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        headers[header[0].lower()] = header[1]
+        header[0] = header[1] = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunks.append(data[start:end])
+
+    def on_part_end() -> None:
+        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        ctype = headers.get(b"content-type", b"text/plain").split(b";")[0].strip().lower()
+        if b"filename" in disposition or ctype != b"text/plain":
+            files.append(b"".join(chunks))
+
+    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                 "on_header_value": on_header_value, "on_header_end": on_header_end,
+                 "on_part_data": on_part_data, "on_part_end": on_part_end}
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
-        form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH, max_part_size=MAX_BODY_BYTES)
-    except BodyAbort:
-        raise  # too large or too slow: the guard answers
-    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for broken forms
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-        if "too many" in detail.lower():
-            raise ApiError(413, "too_many_parts", f"The multipart form has too many parts ({detail}); "
-                           f"send at most {MAX_BATCH} files.") from None
-        raise ApiError(400, "invalid_multipart", f"The multipart form cannot be read ({detail}).") from None
-    files = []
-    try:
-        for _, value in form.multi_items():
-            if hasattr(value, "read"):
-                files.append(await value.read())
-    finally:
-        await form.close()
+        parser.write(body)
+        parser.finalize()
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors (and header limits)
+        raise ApiError(400, "invalid_multipart", f"The multipart form cannot be read ({exc}).") from None
+    if parser.state != MultipartState.END:
+        raise ApiError(400, "invalid_multipart", "The multipart form is cut short: it never reaches its closing "
+                       "boundary.")
     if not files:
         raise ApiError(422, "no_file", "The form holds no file; upload the image as a file field named 'file'.")
     return files
@@ -282,8 +325,11 @@ async def _uploads(request: Request) -> list[bytes]:
 async def _request_items(request: Request, inputs: Inputs, batch: bool) -> list[tuple[str, Any]]:
     """Every image of a request as (kind, payload); raises ApiError for bodies that cannot be used."""
     ctype = _content_type(request)
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        files = await _uploads(request)
+    if ctype == "application/x-www-form-urlencoded":
+        raise ApiError(422, "no_file", "A URL-encoded form cannot hold a file; upload the image as multipart/form-data "
+                       "with a file field named 'file'.")
+    if ctype == "multipart/form-data":
+        files = _form_files(await request.body(), request.headers["content-type"])
         if not batch and len(files) > 1:
             raise ApiError(422, "too_many_files", "Upload one file here; send several to /v1/predict/batch.")
         return [("bytes", f) for f in files]
