@@ -51,6 +51,7 @@ from starlette.staticfiles import StaticFiles
 
 from digitlab.errors import ConfigError, DigitlabError, ImageError
 from digitlab.serving.guard import BODY_TIMEOUT, MAX_BODY_BYTES, HttpGuard
+from digitlab.serving.schema import MAX_SIDE, MIN_SIDE
 
 __all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "ApiError", "Batcher", "create_app", "serve"]
 
@@ -177,6 +178,12 @@ def _decode_base64(text: Any, where: str) -> bytes:
         raise ApiError(422, "invalid_base64", f"{where} is not valid base64; encode the image file's bytes.") from None
 
 
+def _numbers_only(value: list) -> bool:
+    """True if ``value`` is a list of lists of JSON numbers (not true/false, which numpy would take as 1/0)."""
+    allowed = {int, float}
+    return all(isinstance(row, list) and set(map(type, row)) <= allowed for row in value)
+
+
 class Inputs:
     """What a request asked to classify, before preprocessing: encoded images or pixel arrays."""
 
@@ -190,7 +197,7 @@ class Inputs:
         """A JSON array in the model's input format -> uint8 (H, W), or a 422 naming the problem."""
         h, w = self.shape
         top = int(self.max_value)
-        if not isinstance(value, list):
+        if not isinstance(value, list) or not _numbers_only(value):
             raise ApiError(422, "invalid_pixels", f"{where} must be a {h}x{w} array of numbers from 0 to {top}.")
         try:
             a = np.asarray(value, dtype=np.float64)
@@ -225,12 +232,15 @@ class Inputs:
 
     def _any_pixels(self, value: Any, where: str) -> np.ndarray:
         # A drawing of any size that still needs the MNIST treatment (centring, 20 px box).
+        if not isinstance(value, list) or not _numbers_only(value):
+            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of numbers from 0 to 255.")
         try:
             a = np.asarray(value, dtype=np.float64)
         except (ValueError, TypeError):
             raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of numbers from 0 to 255.") from None
-        if a.ndim != 2 or min(a.shape) < 1 or a.size > 4_000_000:
-            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of at most 4 million numbers.")
+        if a.ndim != 2 or min(a.shape) < MIN_SIDE or max(a.shape) > MAX_SIDE:
+            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of {MIN_SIDE} to {MAX_SIDE} rows "
+                           f"and columns (rows of equal length).")
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
             raise ApiError(422, "invalid_pixels", f"{where} has values outside 0..255.")
         return np.round(a).astype(np.uint8)
@@ -255,13 +265,13 @@ def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _form_files(body: bytes, content_type: str) -> list[bytes]:
-    """The files of a multipart/form-data body, in order (whatever their field names).
+def _form_files(body: bytes, content_type: str, field: str) -> list[bytes]:
+    """The files of a multipart/form-data body, in order; every part must be named ``field``.
 
     python-multipart's push parser on the body in memory (the guard has bounded it): no temporary
     files, at most ``MAX_BATCH`` parts, and a form that does not reach its closing boundary is
-    refused rather than read as a shorter one. A part is a file if it names a filename or a
-    content type other than text/plain.
+    refused rather than read as a shorter one. Every part is taken as an image file, with or
+    without a filename (this API has no text fields): one that is not gets ``invalid_image``.
     """
     from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
@@ -270,19 +280,17 @@ def _form_files(body: bytes, content_type: str) -> list[bytes]:
     if not boundary:
         raise ApiError(400, "invalid_multipart", "The multipart form has no boundary in its Content-Type.")
     files: list[bytes] = []
-    parts = 0
     chunks: list[bytes] = []
-    header: list[bytes] = [b"", b""]
-    headers: dict[bytes, bytes] = {}
+    header = [b"", b""]
+    disposition = [b""]
+    wanted = field.encode()
 
     def on_part_begin() -> None:
-        nonlocal parts
-        parts += 1
-        if parts > MAX_BATCH:
-            raise ApiError(413, "too_many_parts", f"The multipart form has over {MAX_BATCH} parts; "
+        if len(files) >= MAX_BATCH:
+            raise ApiError(422, "too_many_parts", f"The multipart form has over {MAX_BATCH} parts; "
                            f"send at most {MAX_BATCH} files.")
         chunks.clear()
-        headers.clear()
+        disposition[0] = b""
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header[0] += data[start:end]
@@ -291,21 +299,27 @@ def _form_files(body: bytes, content_type: str) -> list[bytes]:
         header[1] += data[start:end]
 
     def on_header_end() -> None:
-        headers[header[0].lower()] = header[1]
+        if header[0].lower() == b"content-disposition":
+            disposition[0] = header[1]
         header[0] = header[1] = b""
+
+    def on_headers_finished() -> None:
+        name = parse_options_header(disposition[0])[1].get(b"name")
+        if name != wanted:
+            shown = name.decode("utf-8", "replace") if name is not None else "(none)"
+            raise ApiError(422, "invalid_request", f"The form field '{shown}' is not expected here; "
+                           f"send the image(s) as file field(s) named '{field}'.")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         chunks.append(data[start:end])
 
     def on_part_end() -> None:
-        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
-        ctype = headers.get(b"content-type", b"text/plain").split(b";")[0].strip().lower()
-        if b"filename" in disposition or ctype != b"text/plain":
-            files.append(b"".join(chunks))
+        files.append(b"".join(chunks))
 
     callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
                  "on_header_value": on_header_value, "on_header_end": on_header_end,
-                 "on_part_data": on_part_data, "on_part_end": on_part_end}
+                 "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+                 "on_part_end": on_part_end}
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
         parser.write(body)
@@ -318,7 +332,7 @@ def _form_files(body: bytes, content_type: str) -> list[bytes]:
         raise ApiError(400, "invalid_multipart", "The multipart form is cut short: it never reaches its closing "
                        "boundary.")
     if not files:
-        raise ApiError(422, "no_file", "The form holds no file; upload the image as a file field named 'file'.")
+        raise ApiError(422, "no_file", f"The form holds no file; upload the image as a file field named '{field}'.")
     return files
 
 
@@ -329,7 +343,7 @@ async def _request_items(request: Request, inputs: Inputs, batch: bool) -> list[
         raise ApiError(422, "no_file", "A URL-encoded form cannot hold a file; upload the image as multipart/form-data "
                        "with a file field named 'file'.")
     if ctype == "multipart/form-data":
-        files = _form_files(await request.body(), request.headers["content-type"])
+        files = _form_files(await request.body(), request.headers["content-type"], "files" if batch else "file")
         if not batch and len(files) > 1:
             raise ApiError(422, "too_many_files", "Upload one file here; send several to /v1/predict/batch.")
         return [("bytes", f) for f in files]

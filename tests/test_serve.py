@@ -102,9 +102,11 @@ def test_predict_multipart_upload_and_raw_body(client, mnist):
         assert_prediction(r.json())
         right += r.json()["class"] == str(y)
     assert right >= 9
-    # Any field name works, JPEG too; and a raw image body.
-    r = client.post("/v1/predict", files={"image": ("d.jpg", png(255 - images[0], "JPEG"), "image/jpeg")})
+    # JPEG too; the field is named 'file' (another name is refused, as the OpenAPI schema says); a raw image body.
+    r = client.post("/v1/predict", files={"file": ("d.jpg", png(255 - images[0], "JPEG"), "image/jpeg")})
     assert r.json()["class"] == str(labels[0])
+    assert_error(client.post("/v1/predict", files={"image": ("d.png", drawing(images[0]), "image/png")}), 422,
+                 "invalid_request", "'image'")
     r = client.post("/v1/predict", content=drawing(images[1]), headers={"content-type": "image/png"})
     assert r.status_code == 200 and r.json()["class"] == str(labels[1])
 
@@ -285,7 +287,7 @@ SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="28" 
          "blank"),
         ("text body", {"content": b"7", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type",
          None),
-        ("two files", {"files": [("f", ("a.png", b"1", "image/png")), ("f", ("b.png", b"2", "image/png"))]}, 422,
+        ("two files", {"files": [("file", ("a.png", b"1", "image/png")), ("file", ("b.png", b"2", "image/png"))]}, 422,
          "too_many_files", None),
     ],
 )

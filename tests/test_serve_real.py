@@ -215,14 +215,14 @@ def test_broken_multipart(server, body, ctype, status, slug):
     assert got == status and out["error"] == slug, out
 
 
-def test_too_many_parts_is_413(server):
-    data, ctype = multipart([(f"f{i}", b"x") for i in range(MAX_BATCH + 1)])
+def test_too_many_parts_is_422(server):
+    data, ctype = multipart([("files", b"x") for _ in range(MAX_BATCH + 1)])
     status, out = urllib_post(server[0] + "/v1/predict/batch", data, ctype)
-    assert status == 413 and out["error"] == "too_many_parts", out
-    fields = "".join(f'--b\r\nContent-Disposition: form-data; name="x{i}"\r\n\r\n1\r\n' for i in range(MAX_BATCH + 1))
+    assert status == 422 and out["error"] == "too_many_parts", out
+    fields = "".join('--b\r\nContent-Disposition: form-data; name="files"\r\n\r\n1\r\n' for _ in range(MAX_BATCH + 1))
     status, out = urllib_post(server[0] + "/v1/predict/batch", (fields + "--b--\r\n").encode(),
                               "multipart/form-data; boundary=b")
-    assert status == 413 and out["error"] == "too_many_parts", out
+    assert status == 422 and out["error"] == "too_many_parts", out
 
 
 def test_slow_body_is_408(server):

@@ -15,11 +15,13 @@ from typing import Any
 BASE64_PATTERN = r"^(data:[^,]*,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 # Formats the server decodes (Pillow); an upload of another type is refused by its content anyway.
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
+MIN_SIDE = 3  # a stroke needs paper on both sides
 MAX_SIDE = 2000  # rows or columns of a pixel array sent with "preprocess": true (4 million values)
 
 
 def _binary(max_bytes: int) -> dict[str, Any]:
-    return {"type": "string", "format": "binary", "maxLength": max_bytes}
+    # The size limit is in the description: JSON Schema's maxLength counts characters, not bytes.
+    return {"type": "string", "format": "binary", "description": f"an image file of at most {max_bytes} bytes"}
 
 
 def bodies(height: int, width: int, top: int, max_batch: int, max_bytes: int) -> dict[str, Any]:
@@ -45,8 +47,8 @@ def bodies(height: int, width: int, top: int, max_batch: int, max_bytes: int) ->
         "type": "object", "title": "Pixels to preprocess", "required": ["pixels", "preprocess"],
         "additionalProperties": False,
         "properties": {
-            "pixels": {"type": "array", "minItems": 1, "maxItems": MAX_SIDE,
-                       "items": {"type": "array", "minItems": 1, "maxItems": MAX_SIDE,
+            "pixels": {"type": "array", "minItems": MIN_SIDE, "maxItems": MAX_SIDE,
+                       "items": {"type": "array", "minItems": MIN_SIDE, "maxItems": MAX_SIDE,
                                  "items": {"type": "number", "minimum": 0, "maximum": 255}},
                        "description": "a 2-D array of any size (rows of equal length), values 0..255, "
                                       "with some ink: centred and scaled like MNIST first"},
@@ -54,6 +56,7 @@ def bodies(height: int, width: int, top: int, max_batch: int, max_bytes: int) ->
         },
     }
     one_json = {"oneOf": [image, pixels, drawing]}
+    # Every part is an image: 'file' here, 'files' (repeated) for a batch.
     file_part = {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"], "additionalProperties": False,
                    "properties": {"file": _binary(max_bytes)}},
