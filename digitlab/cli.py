@@ -957,6 +957,9 @@ def bench_serve_command(
     payload: str = typer.Option("both", "--payload", help="json (28x28 array), png (multipart PNG upload) or both."),
     runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (onnxruntime) in the server."),
     warmup: float = typer.Option(1.0, "--warmup", help="Unmeasured seconds of load before each measurement."),
+    processes: int = typer.Option(1, "--processes", help="Server processes ('digitlab serve --processes')."),
+    workers: int | None = typer.Option(None, "--workers", help="Image worker processes of the server "
+                                       "('digitlab serve --workers'; default: the server's)."),
     out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -966,7 +969,9 @@ def bench_serve_command(
     from digitlab.loadtest import bench_serve, print_serve
     from digitlab.utils import atomic_write_json
 
-    result = bench_serve(run, clients=clients, seconds=seconds, payload=payload, runtime=runtime, warmup=warmup)
+    server_args = ["--processes", str(processes)] + (["--workers", str(workers)] if workers is not None else [])
+    result = bench_serve(run, clients=clients, seconds=seconds, payload=payload, runtime=runtime, warmup=warmup,
+                         server_args=server_args)
     if out:
         atomic_write_json(out, result)
     show(result, as_json, print_serve)
