@@ -425,3 +425,23 @@ def test_docs_work_offline(client):
         r = client.get(asset)
         assert r.status_code == 200 and len(r.content) > size, asset
     assert client.get("/redoc").status_code == 404
+
+
+def test_require_binary_skips_locally_and_fails_under_ci(monkeypatch):
+    from conftest import require_binary
+
+    assert require_binary("sh").endswith("/sh")  # found on PATH, not at a fixed path
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        require_binary("digitlab-no-such-program")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must not skip"):
+        require_binary("digitlab-no-such-program")
+
+
+def test_dataset_mirrors_point_nowhere_in_tests():
+    # A dataset missing from the shared data would be downloaded: the session points the mirrors at
+    # a closed local port instead, so such a test fails at once without touching the network.
+    from digitlab.data import _mirrors
+
+    assert _mirrors() == ["http://127.0.0.1:9/"]
