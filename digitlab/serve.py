@@ -6,11 +6,15 @@
                             or JSON {"pixels": 28x28 array of 0..255}
     POST /v1/predict/batch  up to 256 images (multipart files or JSON {"images": [...]})
     POST /v1/read           a field holding a row of digits (``digitlab.predict.read_field``)
-    GET  /v1/model, /healthz, /docs (OpenAPI), / (the page in ``digitlab/static``)
+    GET  /v1/model, /healthz, /readyz, /metrics, /docs (OpenAPI), / (the page in ``digitlab/static``)
 
 Bad input is answered with a 4xx and a JSON body ``{"error": slug, "detail": sentence}``, never a
-500: bodies are capped at 5 MB by an ASGI middleware before they are read, and images go through
-``digitlab.preprocess``, which refuses oversized pictures by their header before decoding them.
+500: ``digitlab.serving.guard`` caps bodies at 5 MB (a 413 after reading and discarding the rest,
+so that every client reads it), times slow bodies out (408) and checks the framing headers; JSON
+nested too deeply is a 400; images go through ``digitlab.preprocess``, which refuses oversized
+pictures by their header before decoding them. The OpenAPI bodies (``digitlab.serving.schema``)
+state the same rules; ``digitlab.serving.observe`` counts, times and logs every request and puts
+the model's name, version and sha256 in every answer.
 
 Small uploaded pictures (drawings, 28x28 digits) are decoded and preprocessed inline, larger
 ones in a small pool of worker processes (they would otherwise share the GIL with the HTTP
