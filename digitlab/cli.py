@@ -898,12 +898,21 @@ def serve_command(
                                     "(0: batch only what is already waiting)."),
     workers: int | None = typer.Option(None, "--workers", help="Processes that decode and preprocess uploaded "
                                        "images (default: one per core; 0: threads of the server process)."),
+    processes: int = typer.Option(1, "--processes", help="Server processes sharing the port, each with its own "
+                                  "copy of the model (metrics add up all of them)."),
+    body_timeout: float = typer.Option(20.0, "--body-timeout", help="Seconds a request body may take to arrive "
+                                       "(then 408)."),
+    access_log: str | None = typer.Option(None, "--access-log", help="Write one JSON line per request to this "
+                                          "file ('-': standard error)."),
 ) -> None:
-    """Serve the HTTP prediction API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs)."""
+    """Serve the HTTP prediction API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs).
+
+    Operators: /healthz (alive), /readyz (ready to serve), /metrics (Prometheus)."""
     from digitlab.serve import serve
 
     serve(run, host=host, port=port, runtime=runtime, threshold=threshold, threads=threads,
-          window=window_ms / 1000.0, workers=workers)
+          window=window_ms / 1000.0, workers=workers, processes=processes, body_timeout=body_timeout,
+          access_log=access_log)
 
 
 @bench_app.command("serve")
@@ -915,6 +924,9 @@ def bench_serve_command(
     payload: str = typer.Option("both", "--payload", help="json (28x28 array), png (multipart PNG upload) or both."),
     runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (onnxruntime) in the server."),
     warmup: float = typer.Option(1.0, "--warmup", help="Unmeasured seconds of load before each measurement."),
+    processes: int = typer.Option(1, "--processes", help="Server processes ('digitlab serve --processes')."),
+    workers: int | None = typer.Option(None, "--workers", help="Image worker processes of the server "
+                                       "('digitlab serve --workers'; default: the server's)."),
     out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -924,7 +936,9 @@ def bench_serve_command(
     from digitlab.loadtest import bench_serve, print_serve
     from digitlab.utils import atomic_write_json
 
-    result = bench_serve(run, clients=clients, seconds=seconds, payload=payload, runtime=runtime, warmup=warmup)
+    server_args = ["--processes", str(processes)] + (["--workers", str(workers)] if workers is not None else [])
+    result = bench_serve(run, clients=clients, seconds=seconds, payload=payload, runtime=runtime, warmup=warmup,
+                         server_args=server_args)
     if out:
         atomic_write_json(out, result)
     show(result, as_json, print_serve)

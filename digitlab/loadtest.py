@@ -294,9 +294,11 @@ def bench_serve(run: str | Path = "latest", clients: int = 32, seconds: float = 
         "run": str(path),
         "runtime": runtime,
         "client": CLIENT,
-        "server": "digitlab serve (uvicorn, 1 process, adaptive micro-batching, 1 torch thread)",
+        "server": f"digitlab serve {' '.join(server_args or [])} (uvicorn, adaptive micro-batching, 1 torch thread)"
+        .replace("  ", " "),
+        "server_args": server_args or [],
         "machine": machine_info(),
-        "target": {"requests_per_second": 500, "p99_ms": 50, "clients": 32, "errors": 0},
+        "target": {"requests_per_second": 800, "p99_ms": 50, "clients": 32, "errors": 0},
         "results": results,
     }
 

@@ -141,6 +141,11 @@ class Predictor:
                 f"The images are {tuple(x.shape[1:])} but the model takes {tuple(self.input_shape[1:])}; "
                 "preprocess them with Predictor.preprocess first."
             )
+        # One forward pass at a time: the server's batching thread and /v1/read's threads share one model.
+        with self._lock:
+            return self._proba(x, batch_size)
+
+    def _proba(self, x: torch.Tensor, batch_size: int) -> np.ndarray:
         if self._session is not None:
             return self._onnx_proba(x.numpy().astype(np.float32), batch_size)
         out = []

@@ -6,11 +6,15 @@
                             or JSON {"pixels": 28x28 array of 0..255}
     POST /v1/predict/batch  up to 256 images (multipart files or JSON {"images": [...]})
     POST /v1/read           a field holding a row of digits (``digitlab.predict.read_field``)
-    GET  /v1/model, /healthz, /docs (OpenAPI), / (the page in ``digitlab/static``)
+    GET  /v1/model, /healthz, /readyz, /metrics, /docs (OpenAPI), / (the page in ``digitlab/static``)
 
 Bad input is answered with a 4xx and a JSON body ``{"error": slug, "detail": sentence}``, never a
-500: bodies are capped at 5 MB by an ASGI middleware before they are read, and images go through
-``digitlab.preprocess``, which refuses oversized pictures by their header before decoding them.
+500: ``digitlab.serving.guard`` caps bodies at 5 MB (a 413 after reading and discarding the rest,
+so that every client reads it), times slow bodies out (408) and checks the framing headers; JSON
+nested too deeply is a 400; images go through ``digitlab.preprocess``, which refuses oversized
+pictures by their header before decoding them. The OpenAPI bodies (``digitlab.serving.schema``)
+state the same rules; ``digitlab.serving.observe`` counts, times and logs every request and puts
+the model's name, version and sha256 in every answer.
 
 Small uploaded pictures (drawings, 28x28 digits) are decoded and preprocessed inline, larger
 ones in a small pool of worker processes (they would otherwise share the GIL with the HTTP
@@ -50,8 +54,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from digitlab.errors import ConfigError, DigitlabError, ImageError
+from digitlab.serving.guard import BODY_TIMEOUT, MAX_BODY_BYTES, HttpGuard
+from digitlab.serving.schema import MAX_SIDE, MIN_SIDE
 
-MAX_BODY_BYTES = 5 * 1024 * 1024
+__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "ApiError", "Batcher", "create_app", "serve"]
+
 MAX_BATCH = 256
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -72,66 +79,6 @@ def _error_body(error: str, detail: Any) -> bytes:
     return _json_bytes({"error": error, "detail": detail})
 
 
-# --- body size limit (pure ASGI, so an oversized upload is never buffered) ----------------------
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Answer 413 to a request whose body is over ``limit`` bytes, declared or streamed."""
-
-    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
-        self.app, self.limit = app, limit
-
-    async def _reply(self, send: Any, status: int, error: str, detail: str) -> None:
-        body = _error_body(error, detail)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = f"The request body is over the {self.limit // 2**20} MB limit; send a smaller image."
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await self._reply(send, 400, "bad_request", "The Content-Length header is not a number.")
-                    return
-                if declared > self.limit:
-                    await self._reply(send, 413, "body_too_large", too_large)
-                    return
-        received = 0
-        started = False
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reply(send, 413, "body_too_large", too_large)
-
-
 # --- inference: one thread, adaptive batches ------------------------------------------------------
 
 
@@ -143,8 +90,9 @@ class Batcher:
     after the first one arrives.
     """
 
-    def __init__(self, predictor: Any, max_batch: int = 1024, window: float = 0.0) -> None:
-        self.predictor, self.max_batch, self.window = predictor, max_batch, window
+    def __init__(self, predictor: Any, max_batch: int = 1024, window: float = 0.0,
+                 on_batch: Any = None) -> None:
+        self.predictor, self.max_batch, self.window, self.on_batch = predictor, max_batch, window, on_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -212,6 +160,8 @@ class Batcher:
             return
         self.batches += 1
         self.images += len(x)
+        if self.on_batch is not None:
+            self.on_batch(len(x))
         start = 0
         for images, fut in items:
             fut.set_result(probs[start : start + len(images)])
@@ -232,6 +182,12 @@ def _decode_base64(text: Any, where: str) -> bytes:
         raise ApiError(422, "invalid_base64", f"{where} is not valid base64; encode the image file's bytes.") from None
 
 
+def _numbers_only(value: list) -> bool:
+    """True if ``value`` is a list of lists of JSON numbers (not true/false, which numpy would take as 1/0)."""
+    allowed = {int, float}
+    return all(isinstance(row, list) and set(map(type, row)) <= allowed for row in value)
+
+
 class Inputs:
     """What a request asked to classify, before preprocessing: encoded images or pixel arrays."""
 
@@ -245,7 +201,7 @@ class Inputs:
         """A JSON array in the model's input format -> uint8 (H, W), or a 422 naming the problem."""
         h, w = self.shape
         top = int(self.max_value)
-        if not isinstance(value, list):
+        if not isinstance(value, list) or not _numbers_only(value):
             raise ApiError(422, "invalid_pixels", f"{where} must be a {h}x{w} array of numbers from 0 to {top}.")
         try:
             a = np.asarray(value, dtype=np.float64)
@@ -280,12 +236,15 @@ class Inputs:
 
     def _any_pixels(self, value: Any, where: str) -> np.ndarray:
         # A drawing of any size that still needs the MNIST treatment (centring, 20 px box).
+        if not isinstance(value, list) or not _numbers_only(value):
+            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of numbers from 0 to 255.")
         try:
             a = np.asarray(value, dtype=np.float64)
         except (ValueError, TypeError):
             raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of numbers from 0 to 255.") from None
-        if a.ndim != 2 or min(a.shape) < 1 or a.size > 4_000_000:
-            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of at most 4 million numbers.")
+        if a.ndim != 2 or min(a.shape) < MIN_SIDE or max(a.shape) > MAX_SIDE:
+            raise ApiError(422, "invalid_pixels", f"{where} must be a 2-D array of {MIN_SIDE} to {MAX_SIDE} rows "
+                           f"and columns (rows of equal length).")
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
             raise ApiError(422, "invalid_pixels", f"{where} has values outside 0..255.")
         return np.round(a).astype(np.uint8)
@@ -299,36 +258,96 @@ async def _parse_json(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"The request body is not valid JSON ({exc}).") from None
+    except RecursionError:
+        # The C decoder stops at the interpreter's recursion limit (~1,000 levels); the bodies of
+        # this API are 4 levels deep.
+        raise ApiError(400, "json_too_deep", "The JSON body is nested too deeply; "
+                       "send {\"pixels\": [[...]]} or {\"image\": \"...\"}.") from None
 
 
 def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def _uploads(request: Request) -> list[bytes]:
-    """The files of a multipart form, in order (whatever their field names)."""
+def _form_files(body: bytes, content_type: str, field: str) -> list[bytes]:
+    """The files of a multipart/form-data body, in order; every part must be named ``field``.
+
+    python-multipart's push parser on the body in memory (the guard has bounded it): no temporary
+    files, at most ``MAX_BATCH`` parts, and a form that does not reach its closing boundary is
+    refused rather than read as a shorter one. Every part is taken as an image file, with or
+    without a filename (this API has no text fields): one that is not gets ``invalid_image``.
+    """
+    from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "invalid_multipart", "The multipart form has no boundary in its Content-Type.")
+    files: list[bytes] = []
+    chunks: list[bytes] = []
+    header = [b"", b""]
+    disposition = [b""]
+    wanted = field.encode()
+
+    def on_part_begin() -> None:
+        if len(files) >= MAX_BATCH:
+            raise ApiError(422, "too_many_parts", f"The multipart form has over {MAX_BATCH} parts; "
+                           f"send at most {MAX_BATCH} files.")
+        chunks.clear()
+        disposition[0] = b""
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def on_header_end() -> None:
+        if header[0].lower() == b"content-disposition":
+            disposition[0] = header[1]
+        header[0] = header[1] = b""
+
+    def on_headers_finished() -> None:
+        name = parse_options_header(disposition[0])[1].get(b"name")
+        if name != wanted:
+            shown = name.decode("utf-8", "replace") if name is not None else "(none)"
+            raise ApiError(422, "invalid_request", f"The form field '{shown}' is not expected here; "
+                           f"send the image(s) as file field(s) named '{field}'.")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunks.append(data[start:end])
+
+    def on_part_end() -> None:
+        files.append(b"".join(chunks))
+
+    callbacks = {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                 "on_header_value": on_header_value, "on_header_end": on_header_end,
+                 "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+                 "on_part_end": on_part_end}
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
-        form = await request.form(max_files=MAX_BATCH, max_fields=MAX_BATCH, max_part_size=MAX_BODY_BYTES)
-    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for broken forms
-        detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
-        raise ApiError(400, "invalid_multipart", f"The multipart form cannot be read ({detail}).") from None
-    files = []
-    try:
-        for _, value in form.multi_items():
-            if hasattr(value, "read"):
-                files.append(await value.read())
-    finally:
-        await form.close()
+        parser.write(body)
+        parser.finalize()
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors (and header limits)
+        raise ApiError(400, "invalid_multipart", f"The multipart form cannot be read ({exc}).") from None
+    if parser.state != MultipartState.END:
+        raise ApiError(400, "invalid_multipart", "The multipart form is cut short: it never reaches its closing "
+                       "boundary.")
     if not files:
-        raise ApiError(422, "no_file", "The form holds no file; upload the image as a file field named 'file'.")
+        raise ApiError(422, "no_file", f"The form holds no file; upload the image as a file field named '{field}'.")
     return files
 
 
 async def _request_items(request: Request, inputs: Inputs, batch: bool) -> list[tuple[str, Any]]:
     """Every image of a request as (kind, payload); raises ApiError for bodies that cannot be used."""
     ctype = _content_type(request)
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        files = await _uploads(request)
+    if ctype == "application/x-www-form-urlencoded":
+        raise ApiError(422, "no_file", "A URL-encoded form cannot hold a file; upload the image as multipart/form-data "
+                       "with a file field named 'file'.")
+    if ctype == "multipart/form-data":
+        files = _form_files(await request.body(), request.headers["content-type"], "files" if batch else "file")
         if not batch and len(files) > 1:
             raise ApiError(422, "too_many_files", "Upload one file here; send several to /v1/predict/batch.")
         return [("bytes", f) for f in files]
@@ -382,8 +401,10 @@ class Preprocessor:
     core instead of sharing the GIL with HTTP, and a worker that dies, out of memory say, costs
     only its request: the pool is rebuilt). With ``workers`` 0 larger pictures run in threads."""
 
-    def __init__(self, target: str, workers: int = 0) -> None:
+    def __init__(self, target: str, workers: int = 0, counter: Any = None) -> None:
         self.target, self.workers = target, workers
+        # counter: a labelled metric, counted per image with where="inline", "thread" or "worker".
+        self.counter = counter
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         if workers:
@@ -404,21 +425,51 @@ class Preprocessor:
     async def run(self, payloads: list[Any]) -> list[np.ndarray | ApiError]:
         loop = asyncio.get_running_loop()
         pool = self._pool
-        futs = [None if _is_small(p) else loop.run_in_executor(pool, _preprocess_job, p, self.target)
-                for p in payloads]
+        futs: list[Any] = []
+        for p in payloads:
+            if _is_small(p):
+                futs.append(None)
+                self._count("inline")
+                continue
+            self._count("worker" if pool is not None else "thread")
+            try:
+                futs.append(loop.run_in_executor(pool, _preprocess_job, p, self.target))
+            except concurrent.futures.process.BrokenProcessPool as exc:  # a worker died while idle
+                futs.append(exc)
         out: list[np.ndarray | ApiError] = []
         for p, fut in zip(payloads, futs, strict=True):
             try:
+                if isinstance(fut, BaseException):
+                    raise fut
                 out.append(_preprocess_job(p, self.target) if fut is None else await fut)
             except ImageError as exc:
                 out.append(ApiError(422, "invalid_image", str(exc)))
             except concurrent.futures.process.BrokenProcessPool:
-                with self._lock:
-                    if self._pool is pool and pool is not None:
-                        self._pool = self._new_pool()
+                self._replace(pool)
                 out.append(ApiError(503, "worker_failed", "The image worker stopped while reading this image; "
                                     "send a smaller image or try again."))
         return out
+
+    def _count(self, where: str) -> None:
+        if self.counter is not None:
+            self.counter.labels(where).inc()
+
+    def _replace(self, pool: Any) -> None:
+        """A new pool in place of a broken one (once, whichever request noticed first)."""
+        with self._lock:
+            if self._pool is pool and pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+
+    @property
+    def healthy(self) -> bool:
+        pool = self._pool
+        return pool is None or not getattr(pool, "_broken", False)
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for tests and operators)."""
+        pool = self._pool
+        return sorted((getattr(pool, "_processes", None) or {}).keys()) if pool is not None else []
 
     def close(self) -> None:
         if self._pool is not None:
@@ -463,39 +514,20 @@ def _exit_after(parent: Any) -> None:
 # --- the app ---------------------------------------------------------------------------------------
 
 
-_IMAGE_BODY = {
-    "multipart/form-data": {"schema": {"type": "object",
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
-    "application/json": {
-        "schema": {
-            "oneOf": [
-                {"type": "object", "required": ["image"],
-                 "properties": {"image": {"type": "string", "description": "base64 file (or data URL)"}}},
-                {"type": "object", "required": ["pixels"],
-                 "properties": {"pixels": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
-                                           "description": "28x28 values 0..255, light ink on black (MNIST)"},
-                                "preprocess": {"type": "boolean", "default": False,
-                                               "description": "centre and scale like MNIST first"}}},
-            ]
-        }
-    },
-    "image/png": {"schema": {"type": "string", "format": "binary"}},
-}
-_BATCH_BODY = {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    "application/json": {"schema": {"type": "object", "required": ["images"], "properties": {
-        "images": {"type": "array", "maxItems": MAX_BATCH, "items": _IMAGE_BODY["application/json"]["schema"]}}}},
-}
-_ERRORS = {
-    str(code): {"description": text, "content": {"application/json": {"example": {"error": slug, "detail": "..."}}}}
-    for code, slug, text in [
-        (400, "empty_body", "empty or unparseable body"),
-        (413, "body_too_large", "body over 5 MB"),
-        (415, "unsupported_media_type", "unknown content type"),
-        (422, "invalid_image", "an image that cannot be used, or a wrong JSON shape or value"),
-    ]
-}
+def model_identity(predictor: Any) -> dict[str, str]:
+    """name, version and sha256 of the served model: the architecture, the run, the weights file."""
+    import hashlib
+
+    weights = predictor.path / "model.safetensors" if predictor.path else None
+    if weights is not None and weights.is_file():
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    else:  # a Predictor built in memory: the hash of its weights as safetensors would store them
+        from safetensors.torch import save
+
+        state = {k: v.contiguous() for k, v in predictor.model.state_dict().items()}
+        digest = hashlib.sha256(save(state)).hexdigest()
+    version = predictor.path.name if predictor.path else "unsaved"
+    return {"name": predictor.name, "version": version, "sha256": digest}
 
 
 def create_app(
@@ -505,37 +537,52 @@ def create_app(
     window: float = 0.0,
     max_body: int = MAX_BODY_BYTES,
     workers: int = 0,
+    body_timeout: float = BODY_TIMEOUT,
+    access_log: str | None = None,
 ) -> FastAPI:
-    """The FastAPI app of a run (name, folder or a ready ``Predictor``)."""
+    """The FastAPI app of a run (name, folder or a ready ``Predictor``).
+
+    ``access_log``: None (off), ``-`` (standard error) or a file to append JSON lines to."""
+    import time
+
     import digitlab
     from digitlab.models import count_parameters
     from digitlab.predict import Predictor, read_field
+    from digitlab.serving import schema
+    from digitlab.serving.observe import Metrics, Observer, open_access_log
 
+    metrics = Metrics()
+    t0 = time.perf_counter()
     predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, threshold=threshold, runtime=runtime)
-    batcher = Batcher(predictor, window=window)
-    preprocessor = Preprocessor(predictor.target, workers)
+    identity = model_identity(predictor)
+    metrics.load_seconds.set(time.perf_counter() - t0)
+    metrics.model.labels(identity["name"], identity["version"], identity["sha256"]).set(1)
+    batcher = Batcher(predictor, window=window, on_batch=metrics.batch_size.observe)
+    preprocessor = Preprocessor(predictor.target, workers, counter=metrics.preprocessed)
     inputs = Inputs(predictor)
     meta = predictor.meta
-    test_accuracy = meta.get("test_accuracy")
     model_info = {
-        "name": predictor.name,
+        **identity,
         "run": predictor.path.name if predictor.path else None,
         "dataset": meta.get("dataset"),
         "classes": predictor.classes,
         "input_shape": list(predictor.input_shape),
         "parameters": count_parameters(predictor.model),
-        "test_accuracy": test_accuracy,
+        "test_accuracy": meta.get("test_accuracy"),
         "threshold": predictor.threshold,
         "runtime": predictor.runtime,
         "preprocess": predictor.target,
         "digitlab_version": digitlab.__version__,
     }
+    state = {"ready": False}
 
     @asynccontextmanager
     async def lifespan(app: Any):  # noqa: ANN202 - starlette's lifespan protocol
         await asyncio.get_running_loop().run_in_executor(None, preprocessor.warm_up)
         _freeze_heap()
+        state["ready"] = True
         yield
+        state["ready"] = False
         batcher.close()
         preprocessor.close()
 
@@ -543,7 +590,8 @@ def create_app(
         title="digitlab",
         version=digitlab.__version__,
         description=f"Handwritten-digit classifier '{predictor.name}' ({meta.get('dataset')}). "
-        "Errors are JSON {\"error\", \"detail\"}.",
+        "Errors are JSON {\"error\", \"detail\"}. Every answer carries the model's identity in "
+        "X-Model-Name, X-Model-Version and X-Model-Sha256.",
         lifespan=lifespan,
         docs_url=None,  # served below from digitlab/static, so /docs works offline
         redoc_url=None,  # ReDoc would load its script from a CDN
@@ -551,14 +599,24 @@ def create_app(
     app.state.predictor = predictor
     app.state.batcher = batcher
     app.state.preprocessor = preprocessor
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.state.metrics = metrics
+    app.state.identity = identity
+    # Outermost first: the observer sees every answer, the guard's too.
+    app.add_middleware(HttpGuard, limit=max_body, body_timeout=body_timeout)
+    app.add_middleware(Observer, metrics=metrics, identity=identity, access_log=open_access_log(access_log))
+
+    h, w = predictor.input_shape[1:]
+    bodies = schema.bodies(h, w, int(inputs.max_value), MAX_BATCH, max_body)
+    image_errors = schema.errors(400, 408, 413, 415, 422, 503)
 
     def reply(obj: Any, status: int = 200) -> Response:
         return Response(_json_bytes(obj), status_code=status, media_type="application/json")
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
-        return Response(_error_body(exc.error, exc.detail), exc.status, media_type="application/json")
+        headers = {"retry-after": "1"} if exc.status == 503 else None
+        return Response(_error_body(exc.error, exc.detail), exc.status, media_type="application/json",
+                        headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -586,8 +644,8 @@ def create_app(
         out["input"] = x.tolist()
         return out
 
-    @app.post("/v1/predict", summary="Classify one image", responses=_ERRORS,
-              openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}})
+    @app.post("/v1/predict", summary="Classify one image", responses=image_errors,
+              openapi_extra={"requestBody": {"required": True, "content": bodies["image"]}})
     async def predict(request: Request) -> Response:
         """Class, confidence, top 3, all probabilities, unsure flag and the 28x28 input the model saw."""
         items = await _request_items(request, inputs, batch=False)
@@ -597,8 +655,8 @@ def create_app(
         probs = await batcher.predict(x[None])
         return reply(describe(probs[0], x))
 
-    @app.post("/v1/predict/batch", summary="Classify up to 256 images", responses=_ERRORS,
-              openapi_extra={"requestBody": {"required": True, "content": _BATCH_BODY}})
+    @app.post("/v1/predict/batch", summary="Classify up to 256 images", responses=image_errors,
+              openapi_extra={"requestBody": {"required": True, "content": bodies["batch"]}})
     async def predict_batch(request: Request) -> Response:
         """One result per image, in order; an image that cannot be used gets {"error", "detail"} in its place."""
         items = await _request_items(request, inputs, batch=True)
@@ -617,8 +675,8 @@ def create_app(
                 k += 1
         return reply({"count": len(results), "ok": len(good), "results": results})
 
-    @app.post("/v1/read", summary="Read a row of handwritten digits", responses=_ERRORS,
-              openapi_extra={"requestBody": {"required": True, "content": _IMAGE_BODY}})
+    @app.post("/v1/read", summary="Read a row of handwritten digits", responses=image_errors,
+              openapi_extra={"requestBody": {"required": True, "content": bodies["image"]}})
     async def read(request: Request) -> Response:
         """The digits left to right ('?' where unsure in 'marked'), with a box (x0, y0, x1, y1) per digit."""
         (kind, payload), = await _request_items(request, inputs, batch=False)
@@ -630,6 +688,7 @@ def create_app(
             w, h = image.size if kind == "bytes" else (payload.shape[1], payload.shape[0])
             # read_field works on pictures reduced to WORK_SIDE: boxes go back to the sent image's pixels.
             factor = max(1, math.ceil(max(w, h) / WORK_SIDE))
+            # The model is shared with the batching thread: Predictor.predict_proba takes its lock.
             reading = read_field(predictor, image, name="The uploaded image")
             out = reading.to_dict()
             for d in out["digits"]:
@@ -651,9 +710,26 @@ def create_app(
     async def model() -> Response:
         return reply(model_info)
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> Response:
         return reply({"status": "ok", "model": predictor.name})
+
+    @app.get("/readyz", summary="Readiness: model loaded, workers started, image pool usable",
+             responses=schema.errors(503))
+    async def readyz() -> Response:
+        checks = {"model": True, "started": state["ready"], "image_workers": preprocessor.healthy}
+        if all(checks.values()):
+            return reply({"status": "ready", "checks": checks})
+        return Response(_error_body("not_ready", "The server is not ready: "
+                                    + ", ".join(k for k, ok in checks.items() if not ok) + " not ready."),
+                        503, media_type="application/json", headers={"retry-after": "1"})
+
+    @app.get("/metrics", summary="Prometheus metrics (text format)",
+             responses={"200": {"description": "Prometheus text exposition format",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    async def metrics_page() -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -673,6 +749,18 @@ def create_app(
     return app
 
 
+_APP_OPTIONS_ENV = "DIGITLAB_SERVE_APP"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one of several server processes (``serve(processes=N)``): options from the environment."""
+    from digitlab.utils import set_threads
+
+    opts = json.loads(os.environ[_APP_OPTIONS_ENV])
+    set_threads(opts.pop("threads"))
+    return create_app(**opts)
+
+
 def serve(
     run: str | Path,
     host: str = "127.0.0.1",
@@ -683,24 +771,32 @@ def serve(
     window: float = 0.0,
     workers: int | None = None,
     log_level: str = "warning",
+    processes: int = 1,
+    body_timeout: float = BODY_TIMEOUT,
+    access_log: str | None = None,
 ) -> None:
     """Serve ``run`` under uvicorn until interrupted. Port 0 picks a free port; the URL is printed.
 
     ``workers`` processes decode and preprocess uploaded images larger than ``SMALL_PIXELS``
-    (default: one per core; 0: threads of this process for every image). The model itself stays
-    in this process, loaded once.
+    (default: one per core, shared among the server processes; 0: threads of the server process).
+    ``processes`` > 1 runs that many server processes on one socket (uvicorn's supervisor, which
+    restarts a process that dies), each with its own copy of the model; ``/metrics`` adds up all of them.
     """
+    import tempfile
+
     import uvicorn
 
+    from digitlab.runs import resolve_run
     from digitlab.utils import set_threads
 
-    # One intra-op thread: batches are small, and the other core parses HTTP and preprocesses images.
-    set_threads(threads)
     if not 0 <= port <= 65535:
         raise ConfigError(f"Port {port} is not a TCP port; choose one from 1 to 65535 (0: any free port).")
+    if not 1 <= processes <= 64:
+        raise ConfigError(f"--processes {processes} is out of range; give 1 to 64 server processes.")
+    if not body_timeout > 0:
+        raise ConfigError(f"--body-timeout {body_timeout} is not a duration; give a number of seconds above 0.")
     if workers is None:
-        workers = os.cpu_count() or 1
-    app = create_app(run, runtime=runtime, threshold=threshold, window=window, workers=workers)
+        workers = max(1, (os.cpu_count() or 1) // processes)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -711,17 +807,44 @@ def serve(
         raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror}); "
                           "choose another --port or --host.") from None
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, http="auto", loop="auto",
-                            timeout_keep_alive=30, backlog=2048)
-    server = uvicorn.Server(config)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"digitlab serving {app.state.predictor.name} on http://{shown}:{bound}/ (API docs: /docs)", flush=True)
+    common = dict(log_level=log_level, access_log=False, http="auto", loop="auto", timeout_keep_alive=30,
+                  backlog=2048)
+    options = dict(runtime=runtime, threshold=threshold, window=window, workers=workers, body_timeout=body_timeout,
+                   access_log=access_log)
+    if processes == 1:
+        # One intra-op thread: batches are small, and the other core parses HTTP and preprocesses images.
+        set_threads(threads)
+        try:
+            app = create_app(run, **options)
+        except BaseException:
+            sock.close()
+            raise
+        server = uvicorn.Server(uvicorn.Config(app, **common))
+        print(f"digitlab serving {app.state.predictor.name} on http://{shown}:{bound}/ (API docs: /docs)", flush=True)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
+            app.state.batcher.close()
+            app.state.preprocessor.close()
+        if not server.started:
+            raise DigitlabError(f"The server on {host}:{bound} did not start; see the messages above.")
+        sys.stdout.flush()
+        return
+
+    from uvicorn.supervisors import Multiprocess
+
+    path = resolve_run(run)  # a clear error now, not one per process
+    metrics_dir = tempfile.TemporaryDirectory(prefix="digitlab-metrics-")
+    # Set before any server process imports prometheus_client (they are spawned, not forked).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
+    os.environ[_APP_OPTIONS_ENV] = json.dumps({"run": str(path), "threads": threads, **options})
+    config = uvicorn.Config("digitlab.serve:app_from_env", factory=True, workers=processes, **common)
+    print(f"digitlab serving {path.name} on http://{shown}:{bound}/ with {processes} processes (API docs: /docs)",
+          flush=True)
     try:
-        server.run(sockets=[sock])
+        Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
-        app.state.batcher.close()
-        app.state.preprocessor.close()
-    if not server.started:
-        raise DigitlabError(f"The server on {host}:{bound} did not start; see the messages above.")
-    sys.stdout.flush()
+        metrics_dir.cleanup()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,22 @@ if SHARED_DATA.is_dir():
 # Keep the user's real cache out of the tests.
 os.environ.setdefault("DIGITLAB_CACHE_DIR", str(ROOT / ".pytest_cache" / "digitlab-cache"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Never the network: a dataset missing from the shared data would be fetched from public mirrors;
+# point them at a closed local port, so such a test fails at once instead of downloading.
+os.environ["DIGITLAB_FASHION_MIRRORS"] = "http://127.0.0.1:9/"
+
+
+def require_binary(name: str) -> str:
+    """The path of program ``name`` (on PATH, or PostgreSQL's /usr/lib/postgresql/*/bin): a missing one
+    skips the test locally and fails it under CI (CI=true), which must prove what it runs."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
+                                        None)
+    if found:
+        return found
+    message = f"'{name}' is not installed (see .ci/run for the packages that provide it)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}; CI must not skip this test", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -102,9 +102,11 @@ def test_predict_multipart_upload_and_raw_body(client, mnist):
         assert_prediction(r.json())
         right += r.json()["class"] == str(y)
     assert right >= 9
-    # Any field name works, JPEG too; and a raw image body.
-    r = client.post("/v1/predict", files={"image": ("d.jpg", png(255 - images[0], "JPEG"), "image/jpeg")})
+    # JPEG too; the field is named 'file' (another name is refused, as the OpenAPI schema says); a raw image body.
+    r = client.post("/v1/predict", files={"file": ("d.jpg", png(255 - images[0], "JPEG"), "image/jpeg")})
     assert r.json()["class"] == str(labels[0])
+    assert_error(client.post("/v1/predict", files={"image": ("d.png", drawing(images[0]), "image/png")}), 422,
+                 "invalid_request", "'image'")
     r = client.post("/v1/predict", content=drawing(images[1]), headers={"content-type": "image/png"})
     assert r.status_code == 200 and r.json()["class"] == str(labels[1])
 
@@ -285,7 +287,7 @@ SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="28" 
          "blank"),
         ("text body", {"content": b"7", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type",
          None),
-        ("two files", {"files": [("f", ("a.png", b"1", "image/png")), ("f", ("b.png", b"2", "image/png"))]}, 422,
+        ("two files", {"files": [("file", ("a.png", b"1", "image/png")), ("file", ("b.png", b"2", "image/png"))]}, 422,
          "too_many_files", None),
     ],
 )
@@ -423,3 +425,23 @@ def test_docs_work_offline(client):
         r = client.get(asset)
         assert r.status_code == 200 and len(r.content) > size, asset
     assert client.get("/redoc").status_code == 404
+
+
+def test_require_binary_skips_locally_and_fails_under_ci(monkeypatch):
+    from conftest import require_binary
+
+    assert require_binary("sh").endswith("/sh")  # found on PATH, not at a fixed path
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        require_binary("digitlab-no-such-program")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must not skip"):
+        require_binary("digitlab-no-such-program")
+
+
+def test_dataset_mirrors_point_nowhere_in_tests():
+    # A dataset missing from the shared data would be downloaded: the session points the mirrors at
+    # a closed local port instead, so such a test fails at once without touching the network.
+    from digitlab.data import _mirrors
+
+    assert _mirrors() == ["http://127.0.0.1:9/"]

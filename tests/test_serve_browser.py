@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_binary
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "serve"
 
 pytestmark = pytest.mark.xdist_group("browser")
@@ -26,13 +25,13 @@ def server(quick_run):
 
 
 def _driver(width: int, height: int, mobile: bool = False):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("Chromium is not installed (apt install chromium chromium-driver)")
+    # Found on PATH; missing ones skip locally and fail under CI=true (apt install chromium chromium-driver).
+    chromium, chromedriver = require_binary("chromium"), require_binary("chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
                 f"--window-size={width},{height}", "--hide-scrollbars"):
@@ -41,7 +40,7 @@ def _driver(width: int, height: int, mobile: bool = False):
         options.add_experimental_option("mobileEmulation", {
             "deviceMetrics": {"width": width, "height": height, "pixelRatio": 2, "touch": True}})
     # An explicit driver path: selenium-manager never looks for one on the network.
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
 
 
 @pytest.fixture(scope="module")
