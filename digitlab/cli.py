@@ -853,7 +853,8 @@ def read_command(
 
     Prints the string with '?' at unsure positions, and each digit's confidence and box."""
     from digitlab.errors import ConfigError
-    from digitlab.predict import Predictor, read_field
+    from digitlab.fields import read_field
+    from digitlab.predict import Predictor
     from digitlab.utils import atomic_write
 
     predictor = Predictor.from_run(run, threshold=threshold)

@@ -14,7 +14,6 @@ from digitlab.data import load_dataset
 from digitlab.errors import ImageError
 from digitlab.fields import (
     Segment,
-    _split_features,
     edit_distance,
     field_ink,
     fields_benchmark,
@@ -23,6 +22,7 @@ from digitlab.fields import (
     remove_rules,
     segment_field,
 )
+from digitlab.fields.segment import _rejoin, _split_features
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,8 @@ def test_geometry_alone_segments_clean_fields(mnist_test):
 
 
 def test_touching_digits_are_split_and_broken_ones_merged(quick_run, mnist_test):
-    from digitlab.predict import Predictor, read_field
+    from digitlab.fields import read_field
+    from digitlab.predict import Predictor
 
     x, y = mnist_test
     predictor = Predictor.from_run(quick_run)
@@ -173,8 +174,6 @@ def test_touching_digits_are_split_and_broken_ones_merged(quick_run, mnist_test)
 
 
 def test_rejoin_joins_the_pieces_of_one_digit_but_not_two_digits():
-    from digitlab.fields import Segment, _rejoin
-
     def seg(x0, y0, w, h):
         return Segment((x0, y0, x0 + w, y0 + h), np.ones((h, w), np.float32))
 
