@@ -10,6 +10,9 @@ amount or digits (``digitlab.fields.formats``), and whether the field should go 
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digitlab.errors import ConfigError, ImageError
 from digitlab.fields.formats import Parsed, check_format, parse
-from digitlab.fields.segment import Box, segment_field
+from digitlab.fields.segment import Box, Segment, segment_field
 from digitlab.predict import Predictor, shift_tta_proba
 
 # Field confidence below which a reading is marked for review, unless the caller picks another
@@ -182,8 +185,10 @@ def read_field(
         return predictor.predict_proba(np.stack([ink_to_input(c, predictor.target) for c in crops]))
 
     segments = segment_field(picture, classify, name, FORMAT_SEPARATORS[kind])
-    digit_segs = [s for s in segments if s.kind == "digit"]
-    inputs = (np.stack([ink_to_input(s.ink, predictor.target) for s in digit_segs]) if digit_segs
+    # Slash candidates could also be digits (a slanted 1): they are classified as digits too.
+    doubtful = [i for i, s in enumerate(segments) if s.kind == "/" and s.confidence < SURE_SLASH]
+    to_read = [i for i, s in enumerate(segments) if s.kind == "digit"] + doubtful
+    inputs = (np.stack([ink_to_input(segments[i].ink, predictor.target) for i in to_read]) if to_read
               else np.zeros((0, *predictor.input_shape[1:]), np.uint8))
     if not len(inputs):
         probs = np.zeros((0, len(predictor.classes)), np.float32)
@@ -191,19 +196,56 @@ def read_field(
         probs = shift_tta_proba(predictor.predict_proba, inputs)
     else:
         probs = predictor.predict_proba(inputs)
-    preds = iter(predictor.explain_probs(probs))
-    symbols = []
-    for s in segments:
+    preds = dict(zip(to_read, predictor.explain_probs(probs), strict=True))
+    slashes = _settle_slashes(segments, doubtful, preds, kind)
+    symbols, shown = [], []
+    for i, s in enumerate(segments):
         box = tuple(int(v) for v in s.box)
-        if s.kind == "digit":
-            p = next(preds)
-            symbols.append(SymbolReading(p.name, "digit", p.confidence, box, p.unsure, p.top))
+        if s.kind == "digit" or (i in preds and i not in slashes):
+            p = preds[i]
+            conf = p.confidence * (1.0 - s.confidence if s.kind == "/" else 1.0)
+            symbols.append(SymbolReading(p.name, "digit", conf, box, conf < predictor.threshold, p.top))
+            shown.append(to_read.index(i))
         else:
             kind_name = "space" if s.kind == " " else "separator"
             symbols.append(SymbolReading(s.kind, kind_name, s.confidence, box, s.confidence < predictor.threshold))
     text = "".join(s.char for s in symbols)
-    return FieldReading(text, symbols, predictor.threshold, inputs, parse(text, kind, day_first), review,
-                        picture.size)
+    return FieldReading(text, symbols, predictor.threshold, inputs[shown] if shown else inputs[:0],
+                        parse(text, kind, day_first), review, picture.size)
+
+
+# A slash candidate this likely is a slash without asking the digit model.
+SURE_SLASH = 0.98
+_DATE_SHAPE = re.compile(r"\d{1,2}/\d{1,2}/(\d{2}|\d{4})|\d{4}/\d{1,2}/\d{1,2}")
+
+
+def _settle_slashes(segments: Sequence[Segment], doubtful: Sequence[int], preds: dict[int, Any], kind: str) -> set[int]:
+    """Which slash candidates are slashes. Alone, a candidate is a slash when its slash probability
+    beats the digit reading (``(1 - p) * digit confidence``). In a date, the most likely choice
+    that gives the text a date's shape (two slashes between groups of 1-2, 1-2 and 2 or 4 digits,
+    or none) wins when there is one: the layout settles what the stroke alone cannot."""
+    sure = {i for i, s in enumerate(segments) if s.kind == "/" and i not in doubtful}
+
+    def score(i: int, slash: bool) -> float:
+        p = segments[i].confidence
+        return math.log(max(p if slash else (1.0 - p) * preds[i].confidence, 1e-12))
+
+    alone = {i for i in doubtful if score(i, True) >= score(i, False)}
+    if kind != "date" or not doubtful or len(doubtful) > 10:
+        return sure | alone
+    best, best_score = None, -math.inf
+    for choice in itertools.product((False, True), repeat=len(doubtful)):
+        chosen = sure | {i for i, c in zip(doubtful, choice, strict=True) if c}
+        text = "".join(
+            ("/" if i in chosen else preds[i].name) if i in preds or s.kind == "/" else s.kind
+            for i, s in enumerate(segments)
+        )
+        if "/" in text and not _DATE_SHAPE.fullmatch(text):
+            continue
+        total = sum(score(i, c) for i, c in zip(doubtful, choice, strict=True))
+        if total > best_score:
+            best, best_score = chosen, total
+    return best if best is not None else sure | alone
 
 
 # --- many files -------------------------------------------------------------------------------
