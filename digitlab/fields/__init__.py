@@ -21,11 +21,12 @@ from digitlab.fields.reading import (
     read_files,
 )
 from digitlab.fields.segment import Box, Classify, Segment, field_ink, remove_rules, segment_field
-from digitlab.fields.synth import INKS, Field, make_field, random_field
+from digitlab.fields.synth import INKS, Field, make_field, random_amount, random_check_field, random_date, random_field
 
 __all__ = [
     "FORMATS", "INKS", "REVIEW_THRESHOLD", "Box", "Classify", "DigitReading", "Field", "FieldReading", "FileReading",
     "Parsed", "Segment", "SymbolReading", "draw_reading", "edit_distance", "expand_inputs", "field_ink",
-    "fields_benchmark", "make_field", "parse", "parse_amount", "parse_date", "parse_digits", "random_field",
+    "fields_benchmark", "make_field", "parse", "parse_amount", "parse_date", "parse_digits", "random_amount",
+    "random_check_field", "random_date", "random_field",
     "read_field", "read_files", "remove_rules", "segment_field",
 ]

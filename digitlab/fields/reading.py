@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from digitlab.errors import ConfigError, ImageError
-from digitlab.fields.formats import Parsed, check_format, parse
+from digitlab.fields.formats import Parsed, check_format, parse, parse_amount
 from digitlab.fields.segment import Box, Segment, segment_field
 from digitlab.predict import Predictor, shift_tta_proba
 
@@ -75,6 +75,8 @@ class FieldReading:
     parsed: Parsed = field(default_factory=lambda: Parsed("digits", None, "Nothing was read."))
     review_threshold: float = REVIEW_THRESHOLD
     size: tuple[int, int] = (0, 0)  # the image's width and height: the boxes' coordinates
+    # The probability that the candidates left out (specks taken for dots at first) were not symbols.
+    dropped: float = 1.0
 
     @property
     def digits(self) -> list[SymbolReading]:
@@ -90,8 +92,9 @@ class FieldReading:
 
     @property
     def confidence(self) -> float:
-        """Probability that every symbol is right, if their errors were independent."""
-        return float(np.prod([s.confidence for s in self.symbols])) if self.symbols else 0.0
+        """Probability that every symbol is right (and nothing left out was one), if their errors were
+        independent."""
+        return float(self.dropped * np.prod([s.confidence for s in self.symbols])) if self.symbols else 0.0
 
     @property
     def format(self) -> str:
@@ -186,8 +189,7 @@ def read_field(
 
     segments = segment_field(picture, classify, name, FORMAT_SEPARATORS[kind])
     # Slash candidates could also be digits (a slanted 1): they are classified as digits too.
-    doubtful = [i for i, s in enumerate(segments) if s.kind == "/" and s.confidence < SURE_SLASH]
-    to_read = [i for i, s in enumerate(segments) if s.kind == "digit"] + doubtful
+    to_read = [i for i, s in enumerate(segments) if s.kind in ("digit", "/")]
     inputs = (np.stack([ink_to_input(segments[i].ink, predictor.target) for i in to_read]) if to_read
               else np.zeros((0, *predictor.input_shape[1:]), np.uint8))
     if not len(inputs):
@@ -197,11 +199,14 @@ def read_field(
     else:
         probs = predictor.predict_proba(inputs)
     preds = dict(zip(to_read, predictor.explain_probs(probs), strict=True))
-    slashes = _settle_slashes(segments, doubtful, preds, kind)
-    symbols, shown = [], []
+    choice = _choose(segments, preds, kind)
+    symbols, shown, dropped = [], [], 1.0
     for i, s in enumerate(segments):
         box = tuple(int(v) for v in s.box)
-        if s.kind == "digit" or (i in preds and i not in slashes):
+        what = choice.get(i, "keep")
+        if what == "drop":
+            dropped *= 1.0 - s.confidence
+        elif s.kind == "digit" or what == "digit":
             p = preds[i]
             conf = p.confidence * (1.0 - s.confidence if s.kind == "/" else 1.0)
             symbols.append(SymbolReading(p.name, "digit", conf, box, conf < predictor.threshold, p.top))
@@ -211,41 +216,69 @@ def read_field(
             symbols.append(SymbolReading(s.kind, kind_name, s.confidence, box, s.confidence < predictor.threshold))
     text = "".join(s.char for s in symbols)
     return FieldReading(text, symbols, predictor.threshold, inputs[shown] if shown else inputs[:0],
-                        parse(text, kind, day_first), review, picture.size)
+                        parse(text, kind, day_first), review, picture.size, dropped)
 
 
-# A slash candidate this likely is a slash without asking the digit model.
-SURE_SLASH = 0.98
-_DATE_SHAPE = re.compile(r"\d{1,2}/\d{1,2}/(\d{2}|\d{4})|\d{4}/\d{1,2}/\d{1,2}")
+_DATE_SHAPE = re.compile(r"\d{1,2}([./\- ])\d{1,2}\1(\d{2}|\d{4})|\d{4}([./\- ])\d{1,2}\3\d{1,2}")
+# Hypotheses tried at most: 2 ** MAX_DOUBTS.
+MAX_DOUBTS = 10
+DOUBT = 0.1
 
 
-def _settle_slashes(segments: Sequence[Segment], doubtful: Sequence[int], preds: dict[int, Any], kind: str) -> set[int]:
-    """Which slash candidates are slashes. Alone, a candidate is a slash when its slash probability
-    beats the digit reading (``(1 - p) * digit confidence``). In a date, the most likely choice
-    that gives the text a date's shape (two slashes between groups of 1-2, 1-2 and 2 or 4 digits,
-    or none) wins when there is one: the layout settles what the stroke alone cannot."""
-    sure = {i for i, s in enumerate(segments) if s.kind == "/" and i not in doubtful}
+def _fits(text: str, kind: str) -> bool:
+    """Whether ``text`` has the shape of its format with separators (a date's three groups, whether
+    or not the day exists; an amount's grouping and decimals). A date written as digits alone is
+    not a shape to aim for: reaching it would mean dropping every separator seen."""
+    if kind == "date":
+        return _DATE_SHAPE.fullmatch(text) is not None
+    if kind == "amount":
+        return parse_amount(text).valid
+    return True
 
-    def score(i: int, slash: bool) -> float:
-        p = segments[i].confidence
-        return math.log(max(p if slash else (1.0 - p) * preds[i].confidence, 1e-12))
 
-    alone = {i for i in doubtful if score(i, True) >= score(i, False)}
-    if kind != "date" or not doubtful or len(doubtful) > 10:
-        return sure | alone
-    best, best_score = None, -math.inf
-    for choice in itertools.product((False, True), repeat=len(doubtful)):
-        chosen = sure | {i for i, c in zip(doubtful, choice, strict=True) if c}
-        text = "".join(
-            ("/" if i in chosen else preds[i].name) if i in preds or s.kind == "/" else s.kind
-            for i, s in enumerate(segments)
-        )
-        if "/" in text and not _DATE_SHAPE.fullmatch(text):
+def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str) -> dict[int, str]:
+    """What each separator candidate is: kept ("keep"), not a separator after all ("drop": a speck;
+    "digit": a slash candidate that is a slanted 1).
+
+    Each candidate's own evidence gives it a probability (its geometric confidence ``p`` against
+    ``1 - p``; for a slash against ``(1 - p)`` times the digit reading's confidence). The most
+    likely choice is taken, except that when it does not fit the format's shape and another
+    choice does, the most likely choice that fits wins: the layout of a date or an amount settles
+    what the stroke alone cannot. The text is never changed beyond these hypotheses."""
+    doubts = [i for i, s in enumerate(segments) if s.kind != "digit"]
+    if not doubts:
+        return {}
+
+    def options(i: int) -> list[tuple[str, float]]:
+        p = min(max(segments[i].confidence, 1e-9), 1.0 - 1e-9)
+        other = ("digit", (1.0 - p) * preds[i].confidence) if segments[i].kind == "/" else ("drop", 1.0 - p)
+        return [("keep", p), other]
+
+    def text_of(pick: dict[int, str]) -> str:
+        out = []
+        for i, s in enumerate(segments):
+            what = pick.get(i, "keep")
+            if s.kind == "digit" or what == "digit":
+                out.append(preds[i].name)
+            elif what == "keep":
+                out.append(s.kind)
+        return "".join(out)
+
+    alone = {i: max(options(i), key=lambda o: o[1])[0] for i in doubts}
+    # Only a candidate whose other reading keeps at least DOUBT of the odds is open to the layout:
+    # a clear dot is never dropped to make a text fit (it makes the text invalid instead).
+    open_ = [i for i in doubts if min(q for _, q in options(i)) / sum(q for _, q in options(i)) >= DOUBT]
+    if kind not in ("date", "amount") or not open_ or len(open_) > MAX_DOUBTS or _fits(text_of(alone), kind):
+        return alone
+    best, best_score = alone, -math.inf
+    for combo in itertools.product(*(options(i) for i in open_)):
+        score = sum(math.log(max(q, 1e-12)) for _, q in combo)
+        if score <= best_score:
             continue
-        total = sum(score(i, c) for i, c in zip(doubtful, choice, strict=True))
-        if total > best_score:
-            best, best_score = chosen, total
-    return best if best is not None else sure | alone
+        pick = {**alone, **{i: what for i, (what, _) in zip(open_, combo, strict=True)}}
+        if _fits(text_of(pick), kind):
+            best, best_score = pick, score
+    return best
 
 
 # --- many files -------------------------------------------------------------------------------

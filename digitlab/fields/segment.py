@@ -477,7 +477,7 @@ def classify_separator(
                           (bottom - 1.03) / 0.1, (0.5 - w) / 0.15)
     size = max(h, w)
     round_ = 0.4 <= w / max(h, 1e-6) <= 2.5
-    if "." in allowed and 0.11 <= min(h, w) and size <= 0.42 and round_ and 0.72 <= centre <= 1.1:
+    if "." in allowed and 0.11 <= min(h, w) and size <= 0.42 and round_ and 0.72 <= centre <= 1.1 and bottom >= 0.88:
         return ".", _sure((0.42 - size) / 0.1, (min(h, w) - 0.11) / 0.05, (centre - 0.72) / 0.15, (1.1 - centre) / 0.1)
     if h >= 0.6 and "/" in allowed:
         angle, thickness = _slant(seg)
