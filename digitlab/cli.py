@@ -6,12 +6,14 @@ sentence with exit code 2; programming errors still show their traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -802,67 +804,185 @@ def predict_command(
                           f"{len(results) - len(ok)} unreadable", highlight=False)
 
 
+def _run_and_inputs(args: list[str]) -> tuple[str, list[str]]:
+    """``[RUN] INPUTS...``: the first argument is the run when it names one (a run folder, a run
+    name, 'latest'); everything else is an image file or folder."""
+    from digitlab.errors import ConfigError, RunError
+    from digitlab.runs import resolve_run
+
+    if not args:
+        raise ConfigError("Give a RUN and the field images or folders to read (or RUN --synthetic N).")
+    try:
+        resolve_run(args[0])
+        return args[0], list(args[1:])
+    except RunError:
+        if not Path(args[0]).exists():
+            raise  # neither a run nor a file: the run's sentence says what to give
+    raise ConfigError(f"'{args[0]}' is not a run; give the RUN (a run folder or name) before the images.")
+
+
 @app.command("read")
 @user_errors
 def read_command(
-    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
-    image: str | None = typer.Argument(None, help="Image of a field holding a row of 2 to 12 handwritten digits."),
-    as_json: bool = typer.Option(False, "--json", help="Print the reading (or the benchmark) as JSON."),
+    args: list[str] = typer.Argument(None, metavar="[RUN] FILES_OR_FOLDERS...",
+                                     help="The run, then field images and/or folders (read recursively)."),
+    format: str = typer.Option("digits", "--format", help="digits, date (an ISO date) or amount (a decimal); "
+                               "with --synthetic also checks (dates and amounts in turn)."),
+    day_first: bool = typer.Option(True, "--day-first/--month-first", help="Order of day and month in dates."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Field confidence below which a reading is "
+                                           "marked for review (default 0.9; see docs/real-images.md)."),
+    digit_threshold: float | None = typer.Option(None, "--digit-threshold", help="Mark digits below this "
+                                                 "confidence unsure (default: the run's threshold)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON: one object for one file, else a list of records."),
+    as_jsonl: bool = typer.Option(False, "--jsonl", help="JSON lines: one record per file, printed as it is read."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV: file, text, marked, format, value, valid, confidence, "
+                                "review, error."),
     show: str | None = typer.Option(None, "--show", help="Write the field with boxes and readings as a PNG "
-                                    "(with --synthetic: a folder for the first examples)."),
-    threshold: float | None = typer.Option(None, "--threshold", help="Mark digits below this confidence unsure "
-                                           "(default: the run's threshold)."),
-    synthetic: int | None = typer.Option(None, "--synthetic", help="Instead of IMAGE: generate N fields from "
-                                         "MNIST test digits and print digit and field accuracy."),
+                                    "(several files or --synthetic: a folder of PNGs)."),
+    synthetic: int | None = typer.Option(None, "--synthetic", help="Instead of images: generate N fields from "
+                                         "MNIST test digits and print the accuracy."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated fields (with --synthetic)."),
 ) -> None:
-    """Read a field of handwritten digits, such as a check's date or amount.
+    """Read fields of handwritten digits, dates or amounts, such as a check's: one image or many.
 
-    Prints the string with '?' at unsure positions, and each digit's confidence and box."""
-    from digitlab.errors import ConfigError
-    from digitlab.predict import Predictor, read_field
+    Prints each field's text ('?' at unsure digits), its value in --format, its confidence and
+    whether it needs review. Exit code: 0 when every file was read, 1 when some could not be (their
+    records say why), 2 when none could or the command was wrong."""
+    import csv
+
+    from digitlab.errors import ConfigError, ImageError
+    from digitlab.fields import FORMATS, expand_inputs, read_files
+    from digitlab.predict import Predictor
     from digitlab.utils import atomic_write
 
-    predictor = Predictor.from_run(run, threshold=threshold)
+    if sum((as_json, as_jsonl, as_csv)) > 1:
+        raise ConfigError("--json, --jsonl and --csv each ask for the output format; choose one.")
+    run, inputs = _run_and_inputs(list(args or []))
+    predictor = Predictor.from_run(run, threshold=digit_threshold)
     if synthetic is not None:
-        if image is not None:
-            raise ConfigError("Give either an IMAGE or --synthetic N, not both.")
+        if inputs:
+            raise ConfigError("Give either images or --synthetic N, not both.")
         if synthetic < 1:
             raise ConfigError(f"--synthetic {synthetic} generates nothing; give a number of fields of 1 or more.")
+        if format not in (*FORMATS, "checks"):
+            raise ConfigError(f"Unknown field format '{format}'; choose digits, date, amount or checks.")
         from digitlab.fields import fields_benchmark
 
-        result = fields_benchmark(predictor, n=synthetic, seed=seed, save_examples=show)
-        if as_json:
+        result = fields_benchmark(predictor, n=synthetic, seed=seed, save_examples=show, kind=format,
+                                  threshold=threshold)
+        if as_json or as_jsonl:
             print_json(result)
             return
+        points = ", ".join(f"{p['accept_rate']:.1%} accepted at <= {p['max_error']:.1%} field error "
+                           f"(threshold {p['threshold']:.3f})" for p in result["operating_points"])
+        valid = (f"; {result['valid_rate']:.1%} read as valid, {result['valid_right'] or 0:.2%} of those right"
+                 if "valid_rate" in result else "")
         console.print(
-            f"{result['fields']} generated fields ({result['digits']} digits, seed {seed}): "
-            f"digit accuracy {result['digit_accuracy']:.2%}, field accuracy {result['field_accuracy']:.2%}, "
-            f"digit count right {result['count_accuracy']:.2%}; "
-            f"{result['fields_flagged_unsure']:.1%} of fields flagged unsure, "
-            f"the others read right {result['accuracy_of_unflagged_fields'] or 0:.2%}",
+            f"{result['fields']} generated {format} fields ({result['characters']} characters, seed {seed}): "
+            f"{'digit' if format == 'digits' else 'character'} accuracy {result['char_accuracy']:.2%}, "
+            f"field accuracy {result['field_accuracy']:.2%}, count right {result['count_accuracy']:.2%}{valid}; "
+            f"{result['fields_flagged_unsure']:.1%} of fields flagged unsure, the others read right "
+            f"{result['accuracy_of_unflagged_fields'] or 0:.2%}; {points}",
             highlight=False, soft_wrap=True,
         )
         if show:
             err_console.print(f"examples: {show}", highlight=False)
         return
-    if image is None:
-        raise ConfigError("Give the IMAGE of a field to read, or --synthetic N to measure on generated fields.")
-    reading = read_field(predictor, image)
-    if show:
-        sheet = reading.draw(image)
-        atomic_write(show, lambda p: sheet.save(p, format="PNG"))
-    if as_json:
-        print_json({"file": image, **reading.to_dict()})
+    if not inputs:
+        raise ConfigError("Give the field images or folders to read after the RUN, or --synthetic N.")
+    if format not in FORMATS:
+        raise ConfigError(f"Unknown field format '{format}'; choose digits, date or amount.")
+    paths = expand_inputs(inputs)
+    single = len(inputs) == 1 and len(paths) == 1 and not Path(inputs[0]).is_dir()
+    records = read_files(predictor, paths, format=format, day_first=day_first, threshold=threshold)
+    writer = csv.writer(sys.stdout) if as_csv else None
+    if writer is not None:
+        writer.writerow(["file", "text", "marked", "format", "value", "valid", "confidence", "review", "error"])
+    results = []
+    with _progress(len(paths)) as advance:
+        for r in records:
+            results.append(r)
+            advance()
+            f = r.reading
+            if show and f is not None:
+                target = Path(show) if single else Path(show) / f"{Path(r.source).stem}.png"
+                sheet = f.draw(r.source)
+                atomic_write(target, lambda p, s=sheet: s.save(p, format="PNG"))
+            if single:
+                continue
+            if writer is not None:
+                writer.writerow([r.source, f.text if f else "", f.marked if f else "", format,
+                                 (f.value or "") if f else "", f.valid if f else "",
+                                 f"{f.confidence:.6f}" if f else "", f.review if f else "", r.error or ""])
+                sys.stdout.flush()
+            elif as_jsonl:
+                sys.stdout.write(json.dumps(r.to_dict(), default=str) + "\n")
+                sys.stdout.flush()
+            elif not as_json:
+                if f is None:
+                    console.print(f"{r.source}  [red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+                else:
+                    console.print(f"{r.source}  [bold]{f.marked}[/]  {_verdict(f)}", highlight=False,
+                                  soft_wrap=True)
+    ok = [r for r in results if r.ok]
+    if single:
+        r = results[0]
+        if r.reading is None:
+            raise ImageError(r.error or "The image could not be read.")
+        _print_reading(r.source, r.reading, as_json, as_jsonl, writer)
+        if show:
+            err_console.print(f"picture: {show}", highlight=False)
         return
-    console.print(f"read [bold]{reading.marked}[/]  (best guess {reading.text}, field confidence "
-                  f"{reading.confidence:.1%}, threshold {reading.threshold:.3f})", highlight=False)
-    for i, d in enumerate(reading.digits):
+    if as_json:
+        print_json([r.to_dict() for r in results])
+    if not ok:
+        raise ImageError(f"None of the {len(results)} files could be read; see the error on each record.")
+    if not (as_json or as_jsonl or as_csv):
+        review = sum(r.reading.review for r in ok)
+        err_console.print(f"{len(ok)} read ({review} for review), {len(results) - len(ok)} unreadable",
+                          highlight=False)
+    if len(ok) < len(results):
+        raise typer.Exit(1)
+
+
+def _verdict(f: Any) -> str:
+    value = f"{f.format} {f.value}" if f.valid else f"[red]{f.format}: invalid[/]"
+    flag = "  [bold yellow]review[/]" if f.review else ""
+    return f"{value}  confidence {f.confidence:.1%}{flag}"
+
+
+def _print_reading(source: str, f: Any, as_json: bool, as_jsonl: bool, writer: Any) -> None:
+    """One file's reading, in the format asked for (the single-file output of ``read``)."""
+    if as_json or as_jsonl:
+        sys.stdout.write(json.dumps({"file": source, **f.to_dict()}, indent=None if as_jsonl else 2,
+                                    default=str) + "\n")
+        return
+    if writer is not None:
+        writer.writerow([source, f.text, f.marked, f.format, f.value or "", f.valid, f"{f.confidence:.6f}",
+                         f.review, ""])
+        return
+    console.print(f"read [bold]{f.marked}[/]  (best guess {f.text}; {_verdict(f)}, threshold "
+                  f"{f.review_threshold:.3f})", highlight=False, soft_wrap=True)
+    if not f.valid:
+        console.print(f"  {f.parsed.reason}", highlight=False, soft_wrap=True)
+    for i, d in enumerate(f.symbols):
         flag = "  [bold yellow]unsure[/]" if d.unsure else ""
-        console.print(f"  {i + 1:>2}  {d.char}  {d.confidence:6.1%}  box {d.box}  (top 3: {_top3(d)}){flag}",
-                      highlight=False)
-    if show:
-        err_console.print(f"picture: {show}", highlight=False)
+        top = f"  (top 3: {_top3(d)})" if d.kind == "digit" else f"  ({d.kind})"
+        console.print(f"  {i + 1:>2}  {d.char!r:>3}  {d.confidence:6.1%}  box {d.box}{top}{flag}", highlight=False)
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Any:
+    """A rich progress bar on stderr for batches of 10 files or more; yields the step function."""
+    if total < 10 or not err_console.is_terminal:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("reading", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task("read", total=total)
+        yield lambda: bar.advance(task)
 
 
 @app.command("export")

@@ -8,8 +8,7 @@ instead of PyTorch (the scaler is part of that graph, see ``digitlab.export``).
 Predictions whose confidence is below the run's threshold (chosen on validation data at training
 time, stored in model.json) are marked ``unsure``: they are the ones to send to a human.
 
-``read_field`` reads a row of handwritten digits (a check's date or amount) with
-``digitlab.fields.segment_field`` and this classifier.
+Reading fields (a check's date or amount) is ``digitlab.fields.read_field``, built on this class.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import textwrap
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -316,109 +315,6 @@ def contact_sheet(results: Sequence[FileResult], classes: Sequence[str], path: s
     return out
 
 
-# --- reading fields of digits -----------------------------------------------------------------
-
-
-@dataclass
-class DigitReading:
-    """One digit of a field: its character, confidence, top 3, box (x0, y0, x1, y1) and unsure flag."""
-
-    char: str
-    confidence: float
-    box: tuple[int, int, int, int]
-    unsure: bool
-    top: list[tuple[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "digit": self.char,
-            "confidence": self.confidence,
-            "box": list(self.box),
-            "unsure": self.unsure,
-            "top3": [{"class": c, "probability": p} for c, p in self.top],
-        }
-
-
-@dataclass
-class FieldReading:
-    """A field read left to right. ``marked`` has '?' at the unsure positions."""
-
-    text: str
-    digits: list[DigitReading]
-    threshold: float
-    inputs: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
-
-    @property
-    def marked(self) -> str:
-        return "".join("?" if d.unsure else d.char for d in self.digits)
-
-    @property
-    def unsure_positions(self) -> list[int]:
-        return [i for i, d in enumerate(self.digits) if d.unsure]
-
-    @property
-    def confidence(self) -> float:
-        """Probability that every digit is right, if the digits' errors were independent."""
-        return float(np.prod([d.confidence for d in self.digits])) if self.digits else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "marked": self.marked,
-            "confidence": self.confidence,
-            "unsure_positions": self.unsure_positions,
-            "threshold": self.threshold,
-            "digits": [d.to_dict() for d in self.digits],
-        }
-
-    def draw(self, image: Any, title: str | None = None) -> Any:
-        """A PIL picture of the field with boxes, readings and the model's inputs."""
-        from digitlab.fields import draw_reading
-
-        return draw_reading(
-            image,
-            [d.box for d in self.digits],
-            [d.char for d in self.digits],
-            [d.confidence for d in self.digits],
-            [d.unsure for d in self.digits],
-            title=title if title is not None else f"read {self.marked}  (threshold {self.threshold:.2f})",
-            inputs=list(self.inputs),
-        )
-
-
-def read_field(predictor: Predictor, image: Any, name: str | None = None, tta: bool = True) -> FieldReading:
-    """Read a row of handwritten digits: segment (``digitlab.fields``), then classify each piece.
-
-    With ``tta`` the probabilities of each 28x28 digit are averaged over 1-pixel shifts
-    (``shift_tta_proba``): a digit cut from a field is centred less reliably than a scanned MNIST
-    digit (measured on 1,701 field digits with session 2's default model: 98.5% right alone, 98.9%
-    with the shifts)."""
-    from digitlab.fields import segment_field
-    from digitlab.preprocess import ink_to_input
-
-    if predictor.target not in ("mnist", "digits") or not all(c.isdigit() for c in predictor.classes):
-        raise ConfigError(
-            f"The model of run '{predictor.path}' does not classify digits (classes {', '.join(predictor.classes[:3])}"
-            "...); read fields with a model trained on mnist or digits."
-        )
-
-    def classify(crops: list[np.ndarray]) -> np.ndarray:
-        return predictor.predict_proba(np.stack([ink_to_input(c, predictor.target) for c in crops]))
-
-    segments = segment_field(image, classify, name)
-    inputs = np.stack([ink_to_input(s.ink, predictor.target) for s in segments])
-    if tta and inputs.shape[1:] == (28, 28):
-        probs = shift_tta_proba(predictor.predict_proba, inputs)
-    else:
-        probs = predictor.predict_proba(inputs)
-    preds = predictor.explain_probs(probs)
-    digits = [
-        DigitReading(p.name, p.confidence, tuple(int(v) for v in s.box), p.unsure, p.top)
-        for s, p in zip(segments, preds, strict=True)
-    ]
-    return FieldReading("".join(d.char for d in digits), digits, predictor.threshold, inputs)
-
-
 def _fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` for inference with each BatchNorm that directly follows a convolution folded
     into the convolution's weights: one memory pass less per layer, ~1.8x the images/s of the default
@@ -451,3 +347,13 @@ def shift_tta_proba(
             moved[:, :, dx:] = 0
         total += predict_proba(moved.numpy())
     return (total / 5).astype(np.float32)
+
+
+def __getattr__(name: str) -> Any:
+    # read_field and FieldReading lived here before the fields package; they are imported on first
+    # use only, so importing this module never imports digitlab.fields (which imports this one).
+    if name in ("read_field", "FieldReading", "DigitReading"):
+        from digitlab.fields import reading
+
+        return getattr(reading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

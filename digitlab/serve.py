@@ -5,7 +5,7 @@
     POST /v1/predict        one image: multipart upload, raw image body, JSON {"image": base64}
                             or JSON {"pixels": 28x28 array of 0..255}
     POST /v1/predict/batch  up to 256 images (multipart files or JSON {"images": [...]})
-    POST /v1/read           a field holding a row of digits (``digitlab.predict.read_field``)
+    POST /v1/read           a field: digits, a date or an amount (``digitlab.fields.read_field``)
     GET  /v1/model, /healthz, /readyz, /metrics, /docs (OpenAPI), / (the page in ``digitlab/static``)
 
 Bad input is answered with a 4xx and a JSON body ``{"error": slug, "detail": sentence}``, never a
@@ -35,7 +35,6 @@ import binascii
 import concurrent.futures
 import gc
 import json
-import math
 import os
 import queue
 import socket
@@ -530,6 +529,25 @@ def model_identity(predictor: Any) -> dict[str, str]:
     return {"name": predictor.name, "version": version, "sha256": digest}
 
 
+def _read_options(query: Any) -> dict[str, Any]:
+    """``/v1/read``'s query parameters as ``read_field`` options; a bad one is a 422."""
+    options: dict[str, Any] = {"format": query.get("format", "digits")}
+    if options["format"] not in ("digits", "date", "amount"):
+        raise ApiError(422, "invalid_parameter", f"format={options['format']} is unknown; use digits, date or amount.")
+    day_first = query.get("day_first", "true").lower()
+    if day_first not in ("true", "false", "1", "0"):
+        raise ApiError(422, "invalid_parameter", f"day_first={day_first} is not true or false.")
+    options["day_first"] = day_first in ("true", "1")
+    if "threshold" in query:
+        try:
+            options["threshold"] = float(query["threshold"])
+        except ValueError:
+            options["threshold"] = -1.0
+        if not 0.0 <= options["threshold"] <= 1.0:
+            raise ApiError(422, "invalid_parameter", f"threshold={query['threshold']} is not a probability (0 to 1).")
+    return options
+
+
 def create_app(
     run: str | Path | Any,
     runtime: str = "torch",
@@ -546,8 +564,9 @@ def create_app(
     import time
 
     import digitlab
+    from digitlab.fields import read_field
     from digitlab.models import count_parameters
-    from digitlab.predict import Predictor, read_field
+    from digitlab.predict import Predictor
     from digitlab.serving import schema
     from digitlab.serving.observe import Metrics, Observer, open_access_log
 
@@ -678,25 +697,21 @@ def create_app(
     @app.post("/v1/read", summary="Read a row of handwritten digits", responses=image_errors,
               openapi_extra={"requestBody": {"required": True, "content": bodies["image"]}})
     async def read(request: Request) -> Response:
-        """The digits left to right ('?' where unsure in 'marked'), with a box (x0, y0, x1, y1) per digit."""
+        """The symbols left to right ('?' where unsure in 'marked'), with a box (x0, y0, x1, y1) per symbol in
+        the sent image's pixels. Query: format=digits|date|amount, day_first=true|false, threshold=P (the field
+        confidence below which 'review' is true)."""
+        options = _read_options(request.query_params)
         (kind, payload), = await _request_items(request, inputs, batch=False)
 
         def work() -> dict:
-            from digitlab.preprocess import WORK_SIDE, open_image
+            from digitlab.preprocess import open_image
 
             image = open_image(payload, "The uploaded image") if kind == "bytes" else payload
-            w, h = image.size if kind == "bytes" else (payload.shape[1], payload.shape[0])
-            # read_field works on pictures reduced to WORK_SIDE: boxes go back to the sent image's pixels.
-            factor = max(1, math.ceil(max(w, h) / WORK_SIDE))
             # The model is shared with the batching thread: Predictor.predict_proba takes its lock.
-            reading = read_field(predictor, image, name="The uploaded image")
+            reading = read_field(predictor, image, name="The uploaded image", **options)
             out = reading.to_dict()
-            for d in out["digits"]:
-                x0, y0, x1, y1 = (v * factor for v in d["box"])
-                d["box"] = [x0, y0, min(x1, w), min(y1, h)]
             for d, x in zip(out["digits"], reading.inputs, strict=True):
                 d["input"] = x.tolist()
-            out["size"] = [w, h]
             return out
 
         try:

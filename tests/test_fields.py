@@ -11,18 +11,19 @@ from typer.testing import CliRunner
 
 from digitlab.cli import app
 from digitlab.data import load_dataset
-from digitlab.errors import ImageError
+from digitlab.errors import ConfigError, ImageError
 from digitlab.fields import (
     Segment,
-    _split_features,
     edit_distance,
     field_ink,
     fields_benchmark,
     make_field,
     random_field,
+    read_field,
     remove_rules,
     segment_field,
 )
+from digitlab.fields.segment import _rejoin, _split_features
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,8 @@ def test_geometry_alone_segments_clean_fields(mnist_test):
 
 
 def test_touching_digits_are_split_and_broken_ones_merged(quick_run, mnist_test):
-    from digitlab.predict import Predictor, read_field
+    from digitlab.fields import read_field
+    from digitlab.predict import Predictor
 
     x, y = mnist_test
     predictor = Predictor.from_run(quick_run)
@@ -173,8 +175,6 @@ def test_touching_digits_are_split_and_broken_ones_merged(quick_run, mnist_test)
 
 
 def test_rejoin_joins_the_pieces_of_one_digit_but_not_two_digits():
-    from digitlab.fields import Segment, _rejoin
-
     def seg(x0, y0, w, h):
         return Segment((x0, y0, x0 + w, y0 + h), np.ones((h, w), np.float32))
 
@@ -218,3 +218,92 @@ def test_fields_benchmark_and_the_read_synthetic_command(quick_run, tmp_path):
     assert json.loads(out.stdout)["fields"] == 3
     out = CliRunner().invoke(app, ["read", str(quick_run), "--synthetic", "0"])
     assert out.exit_code == 2 and "generates nothing" in out.output
+
+
+# --- separators, formats, caller's pixels --------------------------------------------------------
+
+
+def test_generator_draws_separators_and_check_layouts(mnist_test):
+    from digitlab.fields import random_check_field
+
+    x, y = mnist_test
+    f = make_field(x[:6], y[:6], np.random.default_rng(0), text=f"{y[0]}{y[1]}.{y[2]}{y[3]}/{y[4]} {y[5]}", rule=0.0)
+    assert f.text.count(".") == 1 and len(f.boxes) == 8  # 6 digits and 2 separators, no box for the space
+    dot, slash = f.boxes[2], f.boxes[5]
+    digit_h = np.median([b[3] - b[1] for i, b in enumerate(f.boxes) if i not in (2, 5)])
+    assert max(dot[2] - dot[0], dot[3] - dot[1]) < 0.45 * digit_h  # a dot is small ...
+    assert dot[3] >= np.median([b[3] for b in f.boxes]) - 0.1 * digit_h  # ... and sits on the baseline
+    assert slash[3] - slash[1] > 0.8 * digit_h and slash[2] - slash[0] > 0.3 * digit_h  # long and leaning
+    with pytest.raises(ValueError):
+        make_field(x[:2], y[:2], np.random.default_rng(0), text="1x2")
+    rng = np.random.default_rng(3)
+    fields = [random_check_field(x, y, rng) for _ in range(12)]
+    assert {f.options["format"] for f in fields} == {"date", "amount"}
+    assert {f.options["layout"] for f in fields} >= {"rule", "box"}
+    boxed = next(f for f in fields if f.options["frame"])
+    dark = boxed.image.mean(axis=2) < 160
+    assert dark[:, :4].any() and dark[:, -4:].any()  # the printed box's sides
+
+
+def test_separators_are_found_from_their_geometry(mnist_test):
+    from digitlab.fields import random_check_field
+
+    x, y = mnist_test
+    rng = np.random.default_rng(21)
+    right = 0
+    for _ in range(12):
+        f = random_check_field(x, y, rng, kind="date", overlap=0.0, broken=0.0)
+        found = "".join(s.kind for s in segment_field(f.image, separators="./- ") if s.kind != "digit")
+        right += found == "".join(c for c in f.text if not c.isdigit())
+    assert right >= 9
+    # A digits field has no separators: every piece is a digit, as before separators existed.
+    f = random_check_field(x, y, np.random.default_rng(4), kind="date")
+    assert all(s.kind == "digit" for s in segment_field(f.image))
+
+
+def test_read_field_formats_and_routing(predictor, mnist_test):
+    from digitlab.fields import random_check_field
+
+    x, y = mnist_test
+    rng = np.random.default_rng(30)
+    dates = [random_check_field(x, y, rng, kind="date", overlap=0.0, broken=0.0) for _ in range(6)]
+    readings = [read_field(predictor, f.image, format="date") for f in dates]
+    assert sum(r.value == f.options["value"] for r, f in zip(readings, dates, strict=True)) >= 4
+    r = readings[0]
+    assert r.format == "date" and len(r.symbols) == len(r.text)
+    assert all(0 <= s.confidence <= 1 for s in r.symbols)
+    assert r.confidence == pytest.approx(r.dropped * np.prod([s.confidence for s in r.symbols]))
+    d = r.to_dict()
+    assert {"text", "value", "valid", "reason", "confidence", "review", "symbols", "digits", "size"} <= set(d)
+    assert [s["char"] for s in d["symbols"]] == list(r.text)
+    # The review threshold picks the operating point; a reading that does not fit its format is for review.
+    assert read_field(predictor, dates[0].image, format="date", threshold=0.0).review is not r.valid
+    assert read_field(predictor, dates[0].image, format="date", threshold=1.0).review
+    as_amount = read_field(predictor, dates[0].image, format="amount")
+    if "/" in dates[0].text or dates[0].text.count(".") > 1:
+        assert not as_amount.valid and as_amount.review
+    with pytest.raises(ConfigError, match="digits, date or amount"):
+        read_field(predictor, dates[0].image, format="time")
+    with pytest.raises(ConfigError, match="probability"):
+        read_field(predictor, dates[0].image, threshold=1.5)
+
+
+def test_boxes_are_in_the_callers_pixels_for_every_size(predictor, mnist_test):
+    # A field scaled 8x (2,000+ px: read on a copy reduced 2x inside) gets the same boxes times 8.
+    from PIL import Image
+
+    x, y = mnist_test
+    f = make_field(x[:5], y[:5], np.random.default_rng(1), scale=1.8)
+    img = Image.fromarray(f.image)
+    big = img.resize((img.width * 8, img.height * 8), Image.Resampling.NEAREST)
+    assert max(big.size) > 1600
+    small_reading, big_reading = read_field(predictor, img), read_field(predictor, big)
+    assert big_reading.text == small_reading.text and big_reading.size == big.size
+    boxes = np.array([s.box for s in small_reading.symbols])
+    big_boxes = np.array([s.box for s in big_reading.symbols])
+    assert np.abs(big_boxes - 8 * boxes).max() <= 2
+    # The drawing puts them on the caller's picture too: the box outline lands on the sent image.
+    sheet = np.asarray(big_reading.draw(big, title=""))
+    x0, y0, x1, y1 = big_boxes[0]
+    assert (sheet[30 + y0 : 30 + y1, x0] == (0, 150, 60)).all(axis=1).mean() > 0.9 or \
+        (sheet[30 + y0 : 30 + y1, x0] == (230, 120, 0)).all(axis=1).mean() > 0.9

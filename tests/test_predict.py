@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from digitlab.cli import app
 from digitlab.data import load_dataset
 from digitlab.errors import ConfigError, ImageError
-from digitlab.predict import Predictor, expand_sources, predict_images, read_field
+from digitlab.fields import read_field
+from digitlab.predict import Predictor, expand_sources, predict_images
 
 
 @pytest.fixture(scope="module")
