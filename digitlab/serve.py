@@ -529,6 +529,21 @@ def model_identity(predictor: Any) -> dict[str, str]:
     return {"name": predictor.name, "version": version, "sha256": digest}
 
 
+# /v1/read's query, stated in OpenAPI exactly as _read_options checks it (clients generated from the schema,
+# and schemathesis, then send only what the server accepts).
+READ_PARAMETERS = [
+    {"name": "format", "in": "query", "required": False,
+     "description": "digits (a row of digits), date (an ISO date) or amount (a decimal)",
+     "schema": {"type": "string", "enum": ["digits", "date", "amount"], "default": "digits"}},
+    {"name": "day_first", "in": "query", "required": False,
+     "description": "dates: the day before the month (21.11.2026) or not (11/21/2026)",
+     "schema": {"type": "boolean", "default": True}},
+    {"name": "threshold", "in": "query", "required": False,
+     "description": "field confidence below which the reading is marked for review",
+     "schema": {"type": "number", "minimum": 0, "maximum": 1}},
+]
+
+
 def _read_options(query: Any) -> dict[str, Any]:
     """``/v1/read``'s query parameters as ``read_field`` options; a bad one is a 422."""
     options: dict[str, Any] = {"format": query.get("format", "digits")}
@@ -695,7 +710,8 @@ def create_app(
         return reply({"count": len(results), "ok": len(good), "results": results})
 
     @app.post("/v1/read", summary="Read a row of handwritten digits", responses=image_errors,
-              openapi_extra={"requestBody": {"required": True, "content": bodies["image"]}})
+              openapi_extra={"parameters": READ_PARAMETERS,
+                             "requestBody": {"required": True, "content": bodies["image"]}})
     async def read(request: Request) -> Response:
         """The symbols left to right ('?' where unsure in 'marked'), with a box (x0, y0, x1, y1) per symbol in
         the sent image's pixels. Query: format=digits|date|amount, day_first=true|false, threshold=P (the field

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import require_binary
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.xdist_group("distributed")
@@ -82,14 +82,6 @@ def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
 # --- a real PostgreSQL server on 127.0.0.1 ----------------------------------------------------------------
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,14 +94,11 @@ def postgres_url() -> Iterator[str]:
 
     PostgreSQL refuses to run as root: as root the cluster is made and run by the 'postgres' user.
     """
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    # CI must run this test: require_binary fails there (and skips elsewhere) when PostgreSQL is missing.
+    bindir = Path(require_binary("initdb")).resolve().parent  # its siblings (createdb, pg_ctl) live there
     as_user: list[str] = []
     if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without 'runuser' to start PostgreSQL as the postgres user")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user = [require_binary("runuser"), "-u", "postgres", "--"]
     root = Path(tempfile.mkdtemp(prefix="digitlab-pg-"))
     if as_user:
         shutil.chown(root, user="postgres")
