@@ -75,7 +75,8 @@ class FieldReading:
     parsed: Parsed = field(default_factory=lambda: Parsed("digits", None, "Nothing was read."))
     review_threshold: float = REVIEW_THRESHOLD
     size: tuple[int, int] = (0, 0)  # the image's width and height: the boxes' coordinates
-    # The probability that the candidates left out (specks taken for dots at first) were not symbols.
+    # The probability that the candidates left out (specks taken for dots at first) were not symbols
+    # and that no gap nearly wide enough for a space was one.
     dropped: float = 1.0
 
     @property
@@ -203,6 +204,7 @@ def read_field(
     symbols, shown, dropped = [], [], 1.0
     for i, s in enumerate(segments):
         box = tuple(int(v) for v in s.box)
+        dropped *= 1.0 - s.gap_doubt
         what = choice.get(i, "keep")
         if what == "drop":
             dropped *= 1.0 - s.confidence
