@@ -26,9 +26,10 @@ from digitlab.fields.formats import Parsed, check_format, parse, parse_amount
 from digitlab.fields.segment import Box, Segment, segment_field
 from digitlab.predict import Predictor, shift_tta_proba
 
-# Field confidence below which a reading is marked for review, unless the caller picks another
-# operating point. Chosen on generated fields of the fitting seeds (not the benchmark's seed 0):
-# the fields accepted above it are wrong about 1% of the time (docs/real-images.md).
+# Field confidence below which a reading is marked for review unless the caller picks another
+# operating point. A round default, not fitted: the confidence is a product of probabilities, so
+# 0.9 asks every symbol to be clearly read. The benchmark's ``operating_points`` give the threshold
+# reaching a target field error on generated fields (docs/real-images.md).
 REVIEW_THRESHOLD = 0.9
 # The separators each format looks for; a digits field has none (every piece is a digit), as before.
 FORMAT_SEPARATORS = {"digits": "", "date": "./- ", "amount": ".,- "}
