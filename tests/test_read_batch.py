@@ -140,3 +140,16 @@ def test_serve_read_takes_the_format_options(quick_run, field_folder):
                             ("threshold=x", "threshold")):
             r = client.post(f"/v1/read?{query}", files={"file": ("f.png", payload, "image/png")})
             assert r.status_code == 422 and word in r.json()["detail"]
+
+
+def test_read_field_lives_in_fields_and_predict_does_not_import_it():
+    import subprocess
+    import sys
+
+    import digitlab.fields
+    import digitlab.predict
+
+    assert digitlab.predict.read_field is digitlab.fields.read_field  # the old import path still works
+    code = "import sys, digitlab.predict; print('digitlab.fields' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -26,9 +26,10 @@ from digitlab.fields.formats import Parsed, check_format, parse, parse_amount
 from digitlab.fields.segment import Box, Segment, segment_field
 from digitlab.predict import Predictor, shift_tta_proba
 
-# Field confidence below which a reading is marked for review, unless the caller picks another
-# operating point. Chosen on generated fields of the fitting seeds (not the benchmark's seed 0):
-# the fields accepted above it are wrong about 1% of the time (docs/real-images.md).
+# Field confidence below which a reading is marked for review unless the caller picks another
+# operating point. A round default, not fitted: the confidence is a product of probabilities, so
+# 0.9 asks every symbol to be clearly read. The benchmark's ``operating_points`` give the threshold
+# reaching a target field error on generated fields (docs/real-images.md).
 REVIEW_THRESHOLD = 0.9
 # The separators each format looks for; a digits field has none (every piece is a digit), as before.
 FORMAT_SEPARATORS = {"digits": "", "date": "./- ", "amount": ".,- "}
@@ -75,7 +76,8 @@ class FieldReading:
     parsed: Parsed = field(default_factory=lambda: Parsed("digits", None, "Nothing was read."))
     review_threshold: float = REVIEW_THRESHOLD
     size: tuple[int, int] = (0, 0)  # the image's width and height: the boxes' coordinates
-    # The probability that the candidates left out (specks taken for dots at first) were not symbols.
+    # The probability that the candidates left out (specks taken for dots at first) were not symbols
+    # and that no gap nearly wide enough for a space was one.
     dropped: float = 1.0
 
     @property
@@ -203,6 +205,7 @@ def read_field(
     symbols, shown, dropped = [], [], 1.0
     for i, s in enumerate(segments):
         box = tuple(int(v) for v in s.box)
+        dropped *= 1.0 - s.gap_doubt
         what = choice.get(i, "keep")
         if what == "drop":
             dropped *= 1.0 - s.confidence

@@ -44,6 +44,8 @@ class Segment:
     merged: bool = False  # joined from pieces: not split again unless too wide for one digit
     kind: str = "digit"  # or the separator it is: ". , / -", or " " (a space: the box is the gap)
     confidence: float = 1.0  # a separator's or space's (a digit's comes from the classifier)
+    # The probability that a space was missed just before this piece (a gap nearly wide enough).
+    gap_doubt: float = 0.0
 
     @property
     def width(self) -> int:
@@ -428,7 +430,7 @@ def _to_caller(seg: Segment, factor: int, size: tuple[int, int]) -> Segment:
         return seg
     x0, y0, x1, y1 = seg.box
     box = (x0 * factor, y0 * factor, min(size[0], x1 * factor), min(size[1], y1 * factor))
-    return Segment(box, seg.ink, seg.merged, seg.kind, seg.confidence)
+    return Segment(box, seg.ink, seg.merged, seg.kind, seg.confidence, seg.gap_doubt)
 
 
 # --- separators -----------------------------------------------------------------------------------
@@ -463,18 +465,21 @@ def classify_separator(
 
     ``unit`` is the digit height, ``top`` and ``base`` the row's top and baseline. A dot is small
     and round at the baseline; a comma a short, taller-than-wide stroke reaching below the
-    baseline; a dash flat and short at mid-height; a slash a long, thin, straight stroke leaning
-    right (a fitted rule, ``SLASH_WEIGHTS``). Only the separators in ``allowed`` are considered, so a
-    big dot in a date (where there are no commas) is still a dot.
+    baseline (elongated: thin across its direction); a dash flat and short at mid-height; a
+    slash a long, thin, straight stroke leaning right (a fitted rule, ``SLASH_WEIGHTS``). Only the
+    separators in ``allowed`` are considered, so a big dot in a date (where there are no commas) is
+    still a dot.
     """
     row = max(base - top, 1.0)
     h, w = seg.height / unit, seg.width / unit
     centre = ((seg.box[1] + seg.box[3]) / 2 - top) / row  # 0: top of the row, 1: baseline
     bottom = (seg.box[3] - top) / row
-    comma = "," in allowed and 0.28 <= h <= 0.7 and w <= 0.5 and centre >= 0.7 and bottom >= 1.03
-    if comma and h >= 1.25 * w:
-        return ",", _sure((0.7 - h) / 0.15, (h - 0.28) / 0.1, (h / max(w, 1e-6) - 1.25) / 0.3, (centre - 0.7) / 0.15,
-                          (bottom - 1.03) / 0.1, (0.5 - w) / 0.15)
+    if "," in allowed and 0.28 <= h <= 0.72 and w <= 0.5 and h >= w and centre >= 0.65 and bottom >= 1.06:
+        thickness = _slant(seg)[1]  # a comma is a stroke; a dot is round
+        if thickness <= 0.6:
+            return ",", _sure((0.72 - h) / 0.15, (h - 0.28) / 0.1, (h / max(w, 1e-6) - 1.0) / 0.3,
+                              (centre - 0.65) / 0.15, (bottom - 1.06) / 0.05, (0.5 - w) / 0.15,
+                              (0.6 - thickness) / 0.15)
     size = max(h, w)
     round_ = 0.4 <= w / max(h, 1e-6) <= 2.5
     if "." in allowed and 0.11 <= min(h, w) and size <= 0.42 and round_ and 0.72 <= centre <= 1.1 and bottom >= 0.88:
@@ -537,7 +542,8 @@ def _take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[li
         before = sum(d < x for d in digits_x)
         if out and sum(d < (out[-1].box[0] + out[-1].box[2]) / 2 for d in digits_x) == before:
             prev = out[-1]
-            if not (m.kind == "-" and prev.kind in ",."):
+            # A slash candidate may be a digit (a 1 before a dot): never merged; nor is "250,-".
+            if "/" not in (m.kind, prev.kind) and not (m.kind == "-" and prev.kind in ",."):
                 joined = _union(prev, m)
                 guess = classify_separator(joined, unit, top, base, allowed)
                 if guess is not None:
@@ -582,6 +588,8 @@ def _with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
             y0, y1 = min(a.box[1], b.box[1]), max(a.box[3], b.box[3])
             box = (a.box[2], y0, b.box[0], y1)
             out.append(Segment(box, np.zeros((0, 0), np.float32), False, " ", _sure((g - bar) / bar, scale=0.15)))
+        elif a.kind == b.kind == "digit":
+            b.gap_doubt = _sure((g - bar) / bar, scale=0.15)
         out.append(b)
     return out
 
