@@ -161,6 +161,10 @@ def augment_batch(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) ->
         thin = ((r >= config.aug_morph / 2) & (r < config.aug_morph)).view(n, 1, 1, 1)
         dil, ero = _dilate3(out), _erode2(out)
         out = torch.where(thick, 0.5 * (out + dil), torch.where(thin, 0.5 * (out + ero), out))
+    from digitlab import realism
+
+    if realism.enabled(config):
+        out = realism.randomise(out, config, gen)
     return out
 
 
