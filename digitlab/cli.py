@@ -653,6 +653,53 @@ def bench_robust_command(
     show(result, as_json, print_robust)
 
 
+@bench_app.command("reader")
+@user_errors
+def bench_reader_command(
+    run: str | None = typer.Argument(None, help="Run folder or name (default: the bundled reader)."),
+    fields: int = typer.Option(300, "--fields", help="Fields of held-out USPS digits to generate and read."),
+    seed: int = typer.Option(1717, "--seed", help="Seed of the generated fields (held out: used by nothing else)."),
+    parts: str = typer.Option("mnist,usps,digits8,fields", "--parts", help="Comma list of mnist, usps, digits8, "
+                              "fields."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder holding usps/zip.train.gz."),
+    out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """A model on handwriting that is not MNIST's: held-out USPS and 8x8 digits as image files, USPS fields, ECE."""
+    from digitlab.reader import describe, load_predictor
+    from digitlab.realbench import bench_reader, print_reader
+    from digitlab.utils import atomic_write_json
+
+    predictor = load_predictor(run)
+    err_console.print(f"model: {describe(predictor)}", highlight=False)
+    keys = tuple(p.strip() for p in parts.split(",") if p.strip())
+    result = bench_reader(predictor, fields=fields, field_seed=seed, data_dir=data_dir, parts=keys)
+    if out:
+        atomic_write_json(out, result)
+    show(result, as_json, print_reader)
+
+
+@app.command("calibrate")
+@user_errors
+def calibrate_command(
+    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
+    rendered: bool = typer.Option(True, "--rendered/--clean", help="Also fit on the validation digits rendered on "
+                                  "paper and read back through preprocess (default), or on the clean split alone."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fit a temperature on the run's validation split and store it in RUN/model.json (calibrated confidence)."""
+    from digitlab.calibration import calibrate_run
+
+    result = calibrate_run(run, rendered=rendered)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"temperature {result['temperature']:.3f} fitted on {result['fitted_on']}: NLL "
+                  f"{result['nll_before']:.4f} -> {result['nll_after']:.4f}, ECE {result['ece_before']:.2%} -> "
+                  f"{result['ece_after']:.2%}; threshold {result['threshold']:.3f}; stored in {result['run']}",
+                  highlight=False)
+
+
 # --- evaluate, report, compare, explain (digitlab.evaluate, digitlab.report, digitlab.explain) -----------
 
 
@@ -779,8 +826,9 @@ def _top3(p: Any) -> str:
 @app.command("predict")
 @user_errors
 def predict_command(
-    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
-    images: list[str] = typer.Argument(..., help="Image files and/or folders (folders are read recursively)."),
+    args: list[str] = typer.Argument(..., metavar="[RUN] IMAGES...", help="An optional run folder or name "
+                                     "('latest': the newest run; without it the bundled reader reads), then image "
+                                     "files and/or folders (folders are read recursively)."),
     as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows (file, class, confidence, unsure, top 3, error)."),
     show: str | None = typer.Option(None, "--show", help="Write a contact sheet PNG: original, preprocessed, "
@@ -797,11 +845,16 @@ def predict_command(
     import csv
 
     from digitlab.errors import ConfigError, ImageError
-    from digitlab.predict import Predictor, contact_sheet, expand_sources
+    from digitlab.predict import contact_sheet, expand_sources
+    from digitlab.reader import describe, load_predictor, resolve_model_arg
 
     if as_json and as_csv:
         raise ConfigError("--json and --csv both ask for the output format; choose one.")
-    predictor = Predictor.from_run(run, threshold=threshold, runtime=runtime)
+    run, images = resolve_model_arg(args)
+    if not images:
+        raise ConfigError(f"'{run}' is a run, and no images follow it: give image files or folders after it.")
+    predictor = load_predictor(run, threshold=threshold, runtime=runtime)
+    (err_console if as_json or as_csv else console).print(f"model: {describe(predictor)}", highlight=False)
     paths = expand_sources(images)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer is not None:
@@ -844,8 +897,9 @@ def predict_command(
 @app.command("read")
 @user_errors
 def read_command(
-    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
-    image: str | None = typer.Argument(None, help="Image of a field holding a row of 2 to 12 handwritten digits."),
+    args: list[str] | None = typer.Argument(None, metavar="[RUN] [IMAGE]", help="An optional run folder or name "
+                                            "('latest': the newest run; without it the bundled reader reads), then "
+                                            "the image of a field holding a row of 2 to 12 handwritten digits."),
     as_json: bool = typer.Option(False, "--json", help="Print the reading (or the benchmark) as JSON."),
     show: str | None = typer.Option(None, "--show", help="Write the field with boxes and readings as a PNG "
                                     "(with --synthetic: a folder for the first examples)."),
@@ -859,10 +913,16 @@ def read_command(
 
     Prints the string with '?' at unsure positions, and each digit's confidence and box."""
     from digitlab.errors import ConfigError
-    from digitlab.predict import Predictor, read_field
+    from digitlab.predict import read_field
+    from digitlab.reader import describe, load_predictor, resolve_model_arg
     from digitlab.utils import atomic_write
 
-    predictor = Predictor.from_run(run, threshold=threshold)
+    run, inputs = resolve_model_arg(args)
+    if len(inputs) > 1:
+        raise ConfigError(f"Give one field IMAGE to read, not {len(inputs)} ({', '.join(inputs[:3])}...).")
+    image = inputs[0] if inputs else None
+    predictor = load_predictor(run, threshold=threshold)
+    (err_console if as_json else console).print(f"model: {describe(predictor)}", highlight=False)
     if synthetic is not None:
         if image is not None:
             raise ConfigError("Give either an IMAGE or --synthetic N, not both.")
@@ -926,7 +986,8 @@ def export_command(
 @app.command("serve")
 @user_errors
 def serve_command(
-    run: str = typer.Argument("latest", help="Run folder or name ('latest': the newest run)."),
+    run: str | None = typer.Argument(None, help="Run folder or name ('latest': the newest run; default: the "
+                                     "bundled reader)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: any free port; the URL is printed)."),
     runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (onnxruntime)."),
@@ -939,9 +1000,12 @@ def serve_command(
                                        "images (default: one per core; 0: threads of the server process)."),
 ) -> None:
     """Serve the HTTP prediction API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs)."""
+    from digitlab.reader import describe, load_predictor
     from digitlab.serve import serve
 
-    serve(run, host=host, port=port, runtime=runtime, threshold=threshold, threads=threads,
+    predictor = load_predictor(run, threshold=threshold, runtime=runtime)
+    console.print(f"model: {describe(predictor)}", highlight=False)
+    serve(predictor, host=host, port=port, runtime=runtime, threshold=threshold, threads=threads,
           window=window_ms / 1000.0, workers=workers)
 
 
