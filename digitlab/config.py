@@ -235,8 +235,11 @@ def validate(config: TrainConfig) -> None:
     if config.model not in MODELS:
         bad(f"Unknown model '{config.model}': choose one of {', '.join(sorted(MODELS))} (see 'digitlab models').")
     known = ("mnist", "fashion-mnist", "usps", "digits")
-    for part in ([config.dataset] if config.dataset.startswith(("folder:", "openml:")) else config.dataset.split("+")):
-        if part.strip() not in known and not part.strip().startswith(("folder:", "openml:")):
+    parts = [config.dataset] if config.dataset.startswith(("folder:", "openml:")) else config.dataset.split("+")
+    for part in parts:
+        name, star, times = part.strip().rpartition("*")
+        part = name if star and times.isdigit() else part
+        if part.strip() not in known and not part.strip().startswith(("folder:", "openml:", "rendered:")):
             bad(
                 f"Unknown dataset '{config.dataset}': use mnist, fashion-mnist, usps, digits, folder:PATH, "
                 "openml:NAME or several joined by '+' (mnist+usps)."

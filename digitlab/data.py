@@ -25,6 +25,10 @@ class names and the official train/test split:
   ``USPS_VAL_SEED`` (``usps_split``). No training set ever contains it.
 - ``A+B`` (e.g. ``mnist+usps``): the training parts of several datasets of the same classes and image
   size, concatenated; the test part is the first dataset's (so ``mnist+usps`` reports MNIST test).
+  ``NAME*K`` repeats a dataset's training part K times (``mnist+usps*3``: a small set weighs more).
+- ``rendered:NAME`` (``mnist`` or ``usps``): NAME's training digits drawn on paper as photos and read back
+  through ``digitlab.preprocess`` (``realism.render_through_preprocess``, seed 0), computed once (~10-40 ms
+  a digit) and cached under ``<cache>/rendered``; its test part is NAME's.
 - ``digits``: scikit-learn's 8x8 digits (values 0..16). It has no official split, so ours is a
   stratified 80/20 split with seed 42 (1,437 train / 360 test).
 - ``folder:PATH``: one sub-folder per class (class names = sorted folder names), images of any common
@@ -152,6 +156,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
         return _load_combined([part for part in key.split("+")], data_dir)
     if kind == "usps":
         return load_usps(data_dir)
+    if kind.startswith("rendered:") and key[9:]:
+        return _load_rendered(key[9:], data_dir)
     if kind == "mnist":
         return _load_idx_dataset("mnist", DIGIT_CLASSES, _find_mnist(data_dir))
     if kind in ("fashion-mnist", "fashionmnist", "fashion"):
@@ -505,11 +511,41 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez(fh, **arrays)
 
 
+def _load_rendered(name: str, data_dir: str | Path | None) -> Dataset:
+    """``name``'s training digits drawn on paper as photos and read back by ``preprocess``, cached once."""
+    from digitlab.realism import render_through_preprocess
+
+    base = load_dataset(name, data_dir)
+    if base.train_images.shape[1:] != (28, 28) or base.max_value != 255:
+        raise DatasetError(f"rendered:{name} needs 28x28 digits in 0..255, and {base.name} is not: use mnist or usps.")
+    digest = hashlib.sha256(base.train_images.tobytes()).hexdigest()[:24]
+    npz = cache_dir() / "rendered" / f"{digest}-seed0.npz"
+    try:
+        with np.load(npz) as saved:
+            images = saved["images"]
+    except (OSError, ValueError, KeyError):
+        images = render_through_preprocess(base.train_images, seed=0)
+        try:
+            atomic_write(npz, lambda p: _save_npz(p, images=images))
+        except OSError:
+            pass  # a read-only cache only costs time
+    return Dataset(f"rendered:{base.name}", images, base.train_labels.copy(), base.test_images, base.test_labels,
+                   list(base.classes), base.max_value)
+
+
 def _load_combined(names: list[str], data_dir: str | Path | None) -> Dataset:
     names = [n.strip() for n in names]
     if len(names) < 2 or not all(names):
         raise DatasetError(f"Dataset '{'+'.join(names)}' must name two or more datasets joined by '+', "
                            "for example mnist+usps.")
+    repeats = []
+    for i, n in enumerate(names):
+        base, star, times = n.rpartition("*")
+        if star and times.strip().isdigit() and int(times) >= 1:
+            names[i], n = base.strip(), base.strip()
+            repeats.append(int(times))
+        else:
+            repeats.append(1)
     parts = [load_dataset(n, data_dir) for n in names]
     first = parts[0]
     for ds in parts[1:]:
@@ -517,9 +553,9 @@ def _load_combined(names: list[str], data_dir: str | Path | None) -> Dataset:
                 or ds.max_value != first.max_value:
             raise DatasetError(f"Datasets {first.name} and {ds.name} cannot be combined: they differ in classes, "
                                "image size or pixel range.")
-    return Dataset("+".join(ds.name for ds in parts),
-                   np.concatenate([ds.train_images for ds in parts]),
-                   np.concatenate([ds.train_labels for ds in parts]),
+    return Dataset("+".join(ds.name + (f"*{k}" if k > 1 else "") for ds, k in zip(parts, repeats, strict=True)),
+                   np.concatenate([ds.train_images for ds, k in zip(parts, repeats, strict=True) for _ in range(k)]),
+                   np.concatenate([ds.train_labels for ds, k in zip(parts, repeats, strict=True) for _ in range(k)]),
                    first.test_images, first.test_labels, list(first.classes), first.max_value)
 
 

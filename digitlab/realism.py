@@ -9,8 +9,9 @@ range. ``randomise(x, config, gen)`` applies the ones whose probability in the c
 (``aug_stretch``, ``aug_width``, ``aug_pressure``, ``aug_scan``, ``aug_slant``, ``aug_break``).
 
 ``render_through_preprocess`` is the offline part: digits drawn onto paper as photos and passed back
-through the real ``digitlab.preprocess`` path (numpy/PIL, too slow for every batch), used by
-``digitlab.data``'s ``rendered:NAME`` dataset, which is computed once and cached.
+through the real ``digitlab.preprocess`` path (numpy/PIL, too slow for every batch): ``digitlab.data``'s
+``rendered:NAME`` dataset computes it once and caches it, and ``digitlab.calibration`` fits the temperature
+on rendered validation digits.
 """
 
 from __future__ import annotations
