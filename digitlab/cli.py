@@ -108,6 +108,7 @@ _TRAIN_HELP = {
     "aug_pressure": "Probability of uneven pen pressure.",
     "aug_break": "Probability of small gaps in the strokes.",
     "aug_scan": "Probability of a 1-bit scan look (blur, binarise, smooth).",
+    "aug_lowres": "Probability of a low-resolution look (7-14 px, upscaled again).",
     "early_stopping": "Stop when the monitored value stops improving.",
     "monitor": "val_loss or val_acc.",
     "patience": "Epochs without improvement before stopping.",
@@ -854,7 +855,8 @@ def predict_command(
     if not images:
         raise ConfigError(f"'{run}' is a run, and no images follow it: give image files or folders after it.")
     predictor = load_predictor(run, threshold=threshold, runtime=runtime)
-    (err_console if as_json or as_csv else console).print(f"model: {describe(predictor)}", highlight=False)
+    # on stderr, so that the results on stdout stay one line (or row) per image
+    err_console.print(f"model: {describe(predictor)}", highlight=False)
     paths = expand_sources(images)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer is not None:
@@ -922,7 +924,7 @@ def read_command(
         raise ConfigError(f"Give one field IMAGE to read, not {len(inputs)} ({', '.join(inputs[:3])}...).")
     image = inputs[0] if inputs else None
     predictor = load_predictor(run, threshold=threshold)
-    (err_console if as_json else console).print(f"model: {describe(predictor)}", highlight=False)
+    err_console.print(f"model: {describe(predictor)}", highlight=False)
     if synthetic is not None:
         if image is not None:
             raise ConfigError("Give either an IMAGE or --synthetic N, not both.")

@@ -77,6 +77,7 @@ class TrainConfig:
     aug_pressure: float = 0.0  # uneven pen pressure and faint or saturated strokes
     aug_break: float = 0.0  # one to three small gaps in the strokes
     aug_scan: float = 0.0  # a 1-bit scan: blurred, binarised, smoothed again
+    aug_lowres: float = 0.0  # seen at 7-14 px and upscaled again (small photos, 8x8 bitmaps)
     # early stopping
     early_stopping: bool = False
     monitor: str = "val_loss"
@@ -277,6 +278,6 @@ def validate(config: TrainConfig) -> None:
     if config.train_subset is not None and config.train_subset < 1:
         bad(f"--train-subset must be a positive number of images, got {config.train_subset}.")
     for name in ("aug_morph", "aug_flip", "aug_skip", "aug_stretch", "aug_slant", "aug_width", "aug_pressure",
-                 "aug_break", "aug_scan"):
+                 "aug_break", "aug_scan", "aug_lowres"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             bad(f"--{name.replace('_', '-')} is a probability: give a value from 0 to 1, got {getattr(config, name)}.")

@@ -109,3 +109,33 @@ def describe(predictor: Any) -> str:
     if name == READER_NAME:
         return f"{READER_NAME} ({predictor.name}, sha256 {predictor.meta.get('weights_sha256', '?')[:12]})"
     return name
+
+
+def bundle(run: str | Path, dest: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
+    """Copy a (calibrated) run's model into the package folder as the bundled reader; returns its model.json.
+
+    ``model.json`` gains ``weights_sha256`` (checked by ``load_reader``) and where the model came from:
+    the run's name, its training config, the git commit it was trained at, and ``command``.
+    """
+    import shutil
+    import subprocess
+
+    from digitlab.runs import MODEL_META, MODEL_WEIGHTS, resolve_run
+    from digitlab.utils import atomic_write, atomic_write_json
+
+    src = resolve_run(run)
+    folder = Path(dest) if dest is not None else reader_dir()
+    meta = json.loads((src / MODEL_META).read_text(encoding="utf-8"))
+    if "temperature" not in meta:
+        raise RunError(f"Run '{src}' is not calibrated: run 'digitlab calibrate {src}' before bundling it.")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    config = json.loads((src / "config.json").read_text(encoding="utf-8")) if (src / "config.json").is_file() else {}
+    atomic_write(folder / MODEL_WEIGHTS, lambda p: shutil.copyfile(src / MODEL_WEIGHTS, p))
+    meta.update(weights_sha256=sha256_file(folder / MODEL_WEIGHTS),
+                provenance={"run": src.name, "commit": commit, "command": command, "config": config})
+    atomic_write_json(folder / MODEL_META, meta)
+    return meta

@@ -6,7 +6,8 @@ cover: they were stretched to fill a box (USPS), written with another pen (width
 ``(N, 1, H, W)`` float images in raw pixel units (0..255, zero background) and a CPU ``torch.Generator``,
 so a run repeats exactly; each hits a sample with its own probability and returns the same shape and
 range. ``randomise(x, config, gen)`` applies the ones whose probability in the config is above zero
-(``aug_stretch``, ``aug_width``, ``aug_pressure``, ``aug_scan``, ``aug_slant``, ``aug_break``).
+(``aug_stretch``, ``aug_width``, ``aug_pressure``, ``aug_scan``, ``aug_slant``, ``aug_break``,
+``aug_lowres``).
 
 ``render_through_preprocess`` is the offline part: digits drawn onto paper as photos and passed back
 through the real ``digitlab.preprocess`` path (numpy/PIL, too slow for every batch): ``digitlab.data``'s
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TRANSFORMS = ("aug_stretch", "aug_width", "aug_pressure", "aug_scan", "aug_slant", "aug_break")
+TRANSFORMS = ("aug_stretch", "aug_width", "aug_pressure", "aug_scan", "aug_slant", "aug_break", "aug_lowres")
 
 
 def _hit(n: int, p: float, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
@@ -168,14 +169,29 @@ def breaks(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     return torch.where(_hit(n, p, gen, dev), x * keep, x)
 
 
+def lowres(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """A digit seen at low resolution (7-14 px, as in small photos or 8x8 bitmaps), smoothly upscaled again."""
+    n, _, h, w = x.shape
+    dev = x.device
+    hit = _hit(n, p, gen, dev).view(n)
+    sides = torch.randint(7, 15, (n,), generator=gen).to(dev)
+    out = x.clone()
+    for side in sides[hit].unique().tolist():
+        sel = hit & (sides == side)
+        small = F.interpolate(x[sel], size=(side, side), mode="area")
+        out[sel] = _renorm(F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 255))
+    return out
+
+
 _APPLY = {"aug_stretch": stretch, "aug_slant": slant, "aug_width": stroke_width, "aug_pressure": pressure,
-          "aug_break": breaks, "aug_scan": scan}
+          "aug_break": breaks, "aug_scan": scan, "aug_lowres": lowres}
 
 
 def randomise(x: torch.Tensor, config: Any, gen: torch.Generator) -> torch.Tensor:
     """Apply every transform whose probability (a ``TrainConfig`` field of ``TRANSFORMS``) is above zero.
 
-    The order is geometry first (stretch, slant), then the pen (width, pressure, breaks), then the scan.
+    The order is geometry first (stretch, slant), then the pen (width, pressure, breaks), then the scan
+    and the resolution.
     """
     for name, fn in _APPLY.items():
         p = float(getattr(config, name, 0.0) or 0.0)
