@@ -27,12 +27,20 @@ import torch.nn.functional as F
 TRANSFORMS = ("aug_stretch", "aug_width", "aug_pressure", "aug_scan", "aug_slant", "aug_break", "aug_lowres")
 
 
-def _hit(n: int, p: float, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
-    return (torch.rand(n, generator=gen) < p).to(dev).view(n, 1, 1, 1)
-
-
 def _u(n: int, lo: float, hi: float, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
     return (lo + (hi - lo) * torch.rand(n, generator=gen)).to(dev)
+
+
+def _on_some(x: torch.Tensor, p: float, gen: torch.Generator, fn: Any) -> torch.Tensor:
+    """``fn`` on the images a draw with probability ``p`` picks (only those: the others cost nothing)."""
+    n = x.shape[0]
+    hit = torch.rand(n, generator=gen) < p
+    if p <= 0 or not bool(hit.any()):
+        return x
+    idx = hit.nonzero().squeeze(1).to(x.device)
+    out = x.clone()
+    out[idx] = fn(x[idx], gen)
+    return out
 
 
 def _renorm(x: torch.Tensor) -> torch.Tensor:
@@ -61,56 +69,57 @@ def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _stretch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    top, bottom, left, right = _ink_box(x)
+    bh, bw = bottom - top + 1, right - left + 1
+    amount = _u(n, 0.0, 1.0, gen, x.device)
+    # new width / old width (a tall digit) or new height / old height (a wide one)
+    fx = torch.where(bw < bh, 1 + amount * (bh / bw.clamp(min=1) - 1), torch.ones_like(bw))
+    fy = torch.where(bh < bw, 1 + amount * (bw / bh.clamp(min=1) - 1), torch.ones_like(bh))
+    # about the box centre, in affine_grid's [-1, 1] coordinates (output -> input sampling)
+    cx, cy = (left + right + 1) / w - 1, (top + bottom + 1) / h - 1
+    zero = torch.zeros_like(fx)
+    theta = torch.stack([torch.stack([1 / fx, zero, cx - cx / fx], 1),
+                         torch.stack([zero, 1 / fy, cy - cy / fy], 1)], 1)
+    return _warp(x, theta)
+
+
 def stretch(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Widen (or heighten) the narrow side of the digit toward a square, as box-filling scanners do.
 
     USPS digits were scaled to fill 16x16 whatever their shape, so its 1s and 7s are fat; the longest
     side is kept, so ``preprocess`` would size the result exactly like the original.
     """
-    n, _, h, w = x.shape
-    dev = x.device
-    top, bottom, left, right = _ink_box(x)
-    bh, bw = bottom - top + 1, right - left + 1
-    amount = _u(n, 0.0, 1.0, gen, dev)
-    hit = _hit(n, p, gen, dev).view(n)
-    # new width / old width (a tall digit) or new height / old height (a wide one)
-    fx = torch.where(bw < bh, 1 + amount * (bh / bw.clamp(min=1) - 1), torch.ones_like(bw))
-    fy = torch.where(bh < bw, 1 + amount * (bw / bh.clamp(min=1) - 1), torch.ones_like(bh))
-    fx, fy = torch.where(hit, fx, 1.0), torch.where(hit, fy, 1.0)
-    # About the box centre, in affine_grid's [-1, 1] coordinates (output -> input sampling).
-    cx = (left + right + 1) / w - 1
-    cy = (top + bottom + 1) / h - 1
-    zero = torch.zeros_like(fx)
-    theta = torch.stack([torch.stack([1 / fx, zero, cx - cx / fx], 1),
-                         torch.stack([zero, 1 / fy, cy - cy / fy], 1)], 1)
-    out = _warp(x, theta)
-    return torch.where(hit.view(n, 1, 1, 1), out, x)
+    return _on_some(x, p, gen, _stretch)
+
+
+def _width(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    r = torch.rand(n, generator=gen).to(x.device).view(n, 1, 1, 1)
+    # a 2x2 window grows strokes by one pixel (shifted by half a pixel), 3x3 by two; 2x2 erosion thins by one
+    dil2 = F.max_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1)
+    dil3 = F.max_pool2d(x, 3, 1, 1)
+    ero = -F.max_pool2d(F.pad(-x, (0, 1, 0, 1), value=-255.0), 2, 1)
+    return _renorm(torch.where(r < 0.25, dil3, torch.where(r < 0.5, dil2, ero)))
 
 
 def stroke_width(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """A thicker or thinner pen: grey dilation by 1 or 2 px or erosion by 1 px, whole (no grey halo)."""
-    n = x.shape[0]
-    dev = x.device
-    r = torch.rand(n, generator=gen).to(dev).view(n, 1, 1, 1)
-    thick = r < p / 2
-    thin = (r >= p / 2) & (r < p)
-    big = (torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1)
-    # a 2x2 window grows strokes by one pixel (shifted by half a pixel), 3x3 by two
-    dil2 = F.max_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1)
-    dil = torch.where(big, F.max_pool2d(x, 3, 1, 1), dil2)
-    ero = -F.max_pool2d(F.pad(-x, (0, 1, 0, 1), value=-255.0), 2, 1)
-    return torch.where(thick | thin, _renorm(torch.where(thick, dil, ero)), x)
+    return _on_some(x, p, gen, _width)
+
+
+def _pressure(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    coarse = torch.rand((n, 1, 3, 3), generator=gen).to(x.device)
+    gain = 0.35 + 0.65 * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    gamma = torch.exp(_u(n, -0.6, 0.6, gen, x.device)).view(n, 1, 1, 1)  # faint or saturated strokes
+    return _renorm(255.0 * (x / 255.0).clamp(0, 1) ** gamma * gain)
 
 
 def pressure(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Uneven pen pressure: a smooth random gain over the strokes (0.35..1), then full scale again."""
-    n, _, h, w = x.shape
-    dev = x.device
-    coarse = torch.rand((n, 1, 3, 3), generator=gen).to(dev)
-    gain = 0.35 + 0.65 * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    gamma = torch.exp(_u(n, -0.6, 0.6, gen, dev)).view(n, 1, 1, 1)  # faint or saturated strokes
-    out = _renorm(255.0 * (x / 255.0).clamp(0, 1) ** gamma * gain)
-    return torch.where(_hit(n, p, gen, dev), out, x)
+    return _on_some(x, p, gen, _pressure)
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -124,63 +133,73 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.view(n, c, h, w)
 
 
+def _scan(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    soft = _blur(x, _u(n, 0.3, 0.9, gen, x.device))
+    level = _u(n, 0.25, 0.6, gen, x.device).view(n, 1, 1, 1) * soft.amax(dim=(1, 2, 3), keepdim=True)
+    binary = (soft > level).to(x.dtype) * 255.0
+    out = _renorm(_blur(binary, _u(n, 0.35, 0.8, gen, x.device)))
+    keep = binary.amax(dim=(1, 2, 3), keepdim=True) > 0  # a faint digit must not vanish
+    return torch.where(keep, out, x)
+
+
 def scan(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """A 1-bit scan brought back to grey: blur, threshold at a random level, smooth the hard edges again."""
-    n = x.shape[0]
-    dev = x.device
-    soft = _blur(x, _u(n, 0.3, 0.9, gen, dev))
-    level = _u(n, 0.25, 0.6, gen, dev).view(n, 1, 1, 1) * soft.amax(dim=(1, 2, 3), keepdim=True)
-    binary = (soft > level).to(x.dtype) * 255.0
-    out = _renorm(_blur(binary, _u(n, 0.35, 0.8, gen, dev)))
-    keep = binary.amax(dim=(1, 2, 3), keepdim=True) > 0  # a faint digit must not vanish
-    return torch.where(_hit(n, p, gen, dev) & keep, out, x)
+    return _on_some(x, p, gen, _scan)
 
 
-def slant(x: torch.Tensor, p: float, gen: torch.Generator, max_shear: float = 0.6) -> torch.Tensor:
-    """A stronger slant than the affine augmentation's (shear up to ``max_shear``), about the image centre."""
+def _slant(x: torch.Tensor, gen: torch.Generator, max_shear: float = 0.6) -> torch.Tensor:
     n = x.shape[0]
-    dev = x.device
-    k = _u(n, -max_shear, max_shear, gen, dev)
-    one, zero = torch.ones_like(k), torch.zeros_like(k)
-    theta = torch.stack([torch.stack([one, k, zero], 1), torch.stack([zero, one, zero], 1)], 1)
+    k = _u(n, -max_shear, max_shear, gen, x.device)
     # shearing widens the digit: shrink back so the longest side stays near MNIST's 20 px
     shrink = 1 + 0.5 * k.abs()
-    theta[:, 0, :2] *= shrink.view(n, 1)
-    theta[:, 1, :2] *= shrink.view(n, 1)
-    return torch.where(_hit(n, p, gen, dev), _warp(x, theta), x)
+    zero = torch.zeros_like(k)
+    theta = torch.stack([torch.stack([shrink, k * shrink, zero], 1), torch.stack([zero, shrink, zero], 1)], 1)
+    return _warp(x, theta)
+
+
+def slant(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """A stronger slant than the affine augmentation's (shear up to 0.6), about the image centre."""
+    return _on_some(x, p, gen, _slant)
+
+
+def _breaks(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    dev = x.device
+    ys = torch.arange(h, device=dev, dtype=x.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, device=dev, dtype=x.dtype).view(1, 1, 1, w)
+    count = torch.randint(1, 4, (n, 3), generator=gen)
+    ink = (x[:, 0] > 128).flatten(1).cpu()
+    # three random ink pixels per image (the highest random score among its ink), used by 1-3 gaps
+    scores = torch.rand((n, 3, h * w), generator=gen) * ink.unsqueeze(1) + 1e-3 * ink.unsqueeze(1)
+    pick = scores.argmax(2).to(dev)
+    cy, cx = (pick // w).to(x.dtype).view(n, 3, 1, 1), (pick % w).to(x.dtype).view(n, 3, 1, 1)
+    radius = _u(n * 3, 0.8, 1.6, gen, dev).view(n, 3, 1, 1)
+    gap = (torch.sqrt((ys - cy) ** 2 + (xs - cx) ** 2) / radius).clamp(max=1.0)
+    used = (torch.arange(3).view(1, 3) < count[:, :1]).to(dev).view(n, 3, 1, 1)
+    keep = torch.where(used, gap, torch.ones_like(gap)).prod(1, keepdim=True)
+    return x * keep
 
 
 def breaks(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Broken strokes: one to three small round gaps where the pen lifted or the scan dropped ink."""
+    return _on_some(x, p, gen, _breaks)
+
+
+def _lowres(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     n, _, h, w = x.shape
-    dev = x.device
-    ys = torch.arange(h, device=dev, dtype=x.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=dev, dtype=x.dtype).view(1, 1, w)
-    keep = torch.ones((n, 1, h, w), device=dev, dtype=x.dtype)
-    count = torch.randint(1, 4, (n,), generator=gen).to(dev)
-    flat = (x[:, 0] > 128).flatten(1).to(torch.float32) + 1e-6  # gaps fall on the ink
-    for i in range(3):
-        pick = torch.multinomial(flat.cpu(), 1, generator=gen).to(dev).view(n)
-        cy, cx = (pick // w).to(x.dtype).view(n, 1, 1), (pick % w).to(x.dtype).view(n, 1, 1)
-        radius = _u(n, 0.8, 1.6, gen, dev).view(n, 1, 1)
-        d = torch.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
-        gap = (d / radius).clamp(max=1.0).unsqueeze(1)
-        keep = torch.where((count > i).view(n, 1, 1, 1), keep * gap, keep)
-    return torch.where(_hit(n, p, gen, dev), x * keep, x)
+    sides = torch.randint(7, 15, (n,), generator=gen).to(x.device)
+    out = x.clone()
+    for side in sides.unique().tolist():
+        sel = sides == side
+        small = F.interpolate(x[sel], size=(side, side), mode="area")
+        out[sel] = _renorm(F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 255))
+    return out
 
 
 def lowres(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """A digit seen at low resolution (7-14 px, as in small photos or 8x8 bitmaps), smoothly upscaled again."""
-    n, _, h, w = x.shape
-    dev = x.device
-    hit = _hit(n, p, gen, dev).view(n)
-    sides = torch.randint(7, 15, (n,), generator=gen).to(dev)
-    out = x.clone()
-    for side in sides[hit].unique().tolist():
-        sel = hit & (sides == side)
-        small = F.interpolate(x[sel], size=(side, side), mode="area")
-        out[sel] = _renorm(F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 255))
-    return out
+    return _on_some(x, p, gen, _lowres)
 
 
 _APPLY = {"aug_stretch": stretch, "aug_slant": slant, "aug_width": stroke_width, "aug_pressure": pressure,
