@@ -46,7 +46,7 @@ def test_its_checksum_matches_the_model_card(reader):
 def test_it_reaches_the_cards_mnist_figure_on_a_sample(reader):
     from digitlab.data import load_dataset
 
-    card = float(_card_value(r"MNIST test \| ([0-9.]+)%")) / 100
+    card = float(_card_value(r"MNIST test \(10,000, arrays\) \| [^|]+\| ([0-9.]+)%")) / 100
     ds = load_dataset("mnist")
     idx = np.random.default_rng(0).choice(len(ds.test_labels), 3000, replace=False)
     acc = float((reader.predict_proba(ds.test_images[idx]).argmax(1) == ds.test_labels[idx]).mean())
