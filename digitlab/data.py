@@ -80,7 +80,7 @@ import torch
 from digitlab.errors import ConfigError, DatasetError, DigitlabError
 from digitlab.utils import atomic_write
 
-DATASETS = ("mnist", "fashion-mnist", "usps", "digits", "folder:PATH", "openml:NAME", "A+B")
+DATASETS = ("mnist", "fashion-mnist", "digits", "folder:PATH", "openml:NAME", "usps", "rendered:NAME", "A+B")
 DIGIT_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
