@@ -23,12 +23,14 @@ _LAZY = {
     "train": "digitlab.training",
     "Run": "digitlab.runs",
     "Predictor": "digitlab.predict",
+    "load_reader": "digitlab.reader",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from digitlab.data import load_dataset, split  # noqa: F401
     from digitlab.models import build_model, list_models  # noqa: F401
     from digitlab.predict import Predictor  # noqa: F401
+    from digitlab.reader import load_reader  # noqa: F401
     from digitlab.runs import Run  # noqa: F401
     from digitlab.training import TrainConfig, train  # noqa: F401
 

@@ -111,6 +111,13 @@ _TRAIN_HELP = {
     "aug_morph": "Probability of making strokes thicker or thinner.",
     "aug_skip": "Probability of a pen skip: a thin gap across the strokes.",
     "aug_flip": "Probability of a left-right mirror (for clothes, never digits).",
+    "aug_stretch": "Probability of stretching a digit's narrow side toward a square (box-filling scans).",
+    "aug_slant": "Probability of a strong slant (shear up to 0.6).",
+    "aug_width": "Probability of a thicker or thinner pen (up to ~1.5 px).",
+    "aug_pressure": "Probability of uneven pen pressure.",
+    "aug_break": "Probability of small gaps in the strokes.",
+    "aug_scan": "Probability of a 1-bit scan look (blur, binarise, smooth).",
+    "aug_lowres": "Probability of a low-resolution look (7-14 px, upscaled again).",
     "early_stopping": "Stop when the monitored value stops improving.",
     "monitor": "val_loss or val_acc.",
     "patience": "Epochs without improvement before stopping.",
@@ -616,6 +623,53 @@ def bench_robust_command(
     show(result, as_json, print_robust)
 
 
+@bench_app.command("reader")
+@user_errors
+def bench_reader_command(
+    run: str | None = typer.Argument(None, help="Run folder or name (default: the bundled reader)."),
+    fields: int = typer.Option(300, "--fields", help="Fields of held-out USPS digits to generate and read."),
+    seed: int = typer.Option(1717, "--seed", help="Seed of the generated fields (held out: used by nothing else)."),
+    parts: str = typer.Option("mnist,usps,digits8,fields", "--parts", help="Comma list of mnist, usps, digits8, "
+                              "fields."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder holding usps/zip.train.gz."),
+    out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """A model on handwriting that is not MNIST's: held-out USPS and 8x8 digits as image files, USPS fields, ECE."""
+    from digitlab.reader import describe, load_predictor
+    from digitlab.realbench import bench_reader, print_reader
+    from digitlab.utils import atomic_write_json
+
+    predictor = load_predictor(run)
+    err_console.print(f"model: {describe(predictor)}", highlight=False)
+    keys = tuple(p.strip() for p in parts.split(",") if p.strip())
+    result = bench_reader(predictor, fields=fields, field_seed=seed, data_dir=data_dir, parts=keys)
+    if out:
+        atomic_write_json(out, result)
+    show(result, as_json, print_reader)
+
+
+@app.command("calibrate")
+@user_errors
+def calibrate_command(
+    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
+    rendered: bool = typer.Option(True, "--rendered/--clean", help="Also fit on the validation digits rendered on "
+                                  "paper and read back through preprocess (default), or on the clean split alone."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fit a temperature on the run's validation split and store it in RUN/model.json (calibrated confidence)."""
+    from digitlab.calibration import calibrate_run
+
+    result = calibrate_run(run, rendered=rendered)
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"temperature {result['temperature']:.3f} fitted on {result['fitted_on']}: NLL "
+                  f"{result['nll_before']:.4f} -> {result['nll_after']:.4f}, ECE {result['ece_before']:.2%} -> "
+                  f"{result['ece_after']:.2%}; threshold {result['threshold']:.3f}; stored in {result['run']}",
+                  highlight=False)
+
+
 # --- evaluate, report, compare, explain (digitlab.evaluate, digitlab.report, digitlab.explain) -----------
 
 
@@ -742,8 +796,9 @@ def _top3(p: Any) -> str:
 @app.command("predict")
 @user_errors
 def predict_command(
-    run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
-    images: list[str] = typer.Argument(..., help="Image files and/or folders (folders are read recursively)."),
+    args: list[str] = typer.Argument(..., metavar="[RUN] IMAGES...", help="An optional run folder or name "
+                                     "('latest': the newest run; without it the bundled reader reads), then image "
+                                     "files and/or folders (folders are read recursively)."),
     as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON list."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows (file, class, confidence, unsure, top 3, error)."),
     show: str | None = typer.Option(None, "--show", help="Write a contact sheet PNG: original, preprocessed, "
@@ -760,11 +815,17 @@ def predict_command(
     import csv
 
     from digitlab.errors import ConfigError, ImageError
-    from digitlab.predict import Predictor, contact_sheet, expand_sources
+    from digitlab.predict import contact_sheet, expand_sources
+    from digitlab.reader import describe, load_predictor, resolve_model_arg
 
     if as_json and as_csv:
         raise ConfigError("--json and --csv both ask for the output format; choose one.")
-    predictor = Predictor.from_run(run, threshold=threshold, runtime=runtime)
+    run, images = resolve_model_arg(args)
+    if not images:
+        raise ConfigError(f"'{run}' is a run, and no images follow it: give image files or folders after it.")
+    predictor = load_predictor(run, threshold=threshold, runtime=runtime)
+    # on stderr, so that the results on stdout stay one line (or row) per image
+    err_console.print(f"model: {describe(predictor)}", highlight=False)
     paths = expand_sources(images)
     writer = csv.writer(sys.stdout) if as_csv else None
     if writer is not None:
@@ -804,28 +865,13 @@ def predict_command(
                           f"{len(results) - len(ok)} unreadable", highlight=False)
 
 
-def _run_and_inputs(args: list[str]) -> tuple[str, list[str]]:
-    """``[RUN] INPUTS...``: the first argument is the run when it names one (a run folder, a run
-    name, 'latest'); everything else is an image file or folder."""
-    from digitlab.errors import ConfigError, RunError
-    from digitlab.runs import resolve_run
-
-    if not args:
-        raise ConfigError("Give a RUN and the field images or folders to read (or RUN --synthetic N).")
-    try:
-        resolve_run(args[0])
-        return args[0], list(args[1:])
-    except RunError:
-        if not Path(args[0]).exists():
-            raise  # neither a run nor a file: the run's sentence says what to give
-    raise ConfigError(f"'{args[0]}' is not a run; give the RUN (a run folder or name) before the images.")
-
-
 @app.command("read")
 @user_errors
 def read_command(
-    args: list[str] = typer.Argument(None, metavar="[RUN] FILES_OR_FOLDERS...",
-                                     help="The run, then field images and/or folders (read recursively)."),
+    args: list[str] | None = typer.Argument(None, metavar="[RUN] FILES_OR_FOLDERS...",
+                                            help="An optional run folder or name ('latest': the newest run; "
+                                            "without it the bundled reader reads), then field images and/or "
+                                            "folders (read recursively)."),
     format: str = typer.Option("digits", "--format", help="digits, date (an ISO date) or amount (a decimal); "
                                "with --synthetic also checks (dates and amounts in turn)."),
     day_first: bool = typer.Option(True, "--day-first/--month-first", help="Order of day and month in dates."),
@@ -852,13 +898,14 @@ def read_command(
 
     from digitlab.errors import ConfigError, ImageError
     from digitlab.fields import FORMATS, expand_inputs, read_files
-    from digitlab.predict import Predictor
+    from digitlab.reader import describe, load_predictor, resolve_model_arg
     from digitlab.utils import atomic_write
 
     if sum((as_json, as_jsonl, as_csv)) > 1:
         raise ConfigError("--json, --jsonl and --csv each ask for the output format; choose one.")
-    run, inputs = _run_and_inputs(list(args or []))
-    predictor = Predictor.from_run(run, threshold=digit_threshold)
+    run, inputs = resolve_model_arg(args)
+    predictor = load_predictor(run, threshold=digit_threshold)
+    err_console.print(f"model: {describe(predictor)}", highlight=False)
     if synthetic is not None:
         if inputs:
             raise ConfigError("Give either images or --synthetic N, not both.")
@@ -889,7 +936,7 @@ def read_command(
             err_console.print(f"examples: {show}", highlight=False)
         return
     if not inputs:
-        raise ConfigError("Give the field images or folders to read after the RUN, or --synthetic N.")
+        raise ConfigError("Give the field images or folders to read (after the RUN, if any), or --synthetic N.")
     if format not in FORMATS:
         raise ConfigError(f"Unknown field format '{format}'; choose digits, date or amount.")
     paths = expand_inputs(inputs)
@@ -1007,7 +1054,8 @@ def export_command(
 @app.command("serve")
 @user_errors
 def serve_command(
-    run: str = typer.Argument("latest", help="Run folder or name ('latest': the newest run)."),
+    run: str | None = typer.Argument(None, help="Run folder or name ('latest': the newest run; default: the "
+                                     "bundled reader)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", help="TCP port (0: any free port; the URL is printed)."),
     runtime: str = typer.Option("torch", "--runtime", help="torch or onnx (onnxruntime)."),
@@ -1027,12 +1075,16 @@ def serve_command(
 ) -> None:
     """Serve the HTTP prediction API and the draw-a-digit page (http://HOST:PORT/, API docs at /docs).
 
-    Operators: /healthz (alive), /readyz (ready to serve), /metrics (Prometheus)."""
+    Without RUN the bundled reader serves. Operators: /healthz (alive), /readyz (ready to serve),
+    /metrics (Prometheus)."""
+    from digitlab.reader import describe, load_predictor
     from digitlab.serve import serve
 
-    serve(run, host=host, port=port, runtime=runtime, threshold=threshold, threads=threads,
-          window=window_ms / 1000.0, workers=workers, processes=processes, body_timeout=body_timeout,
-          access_log=access_log)
+    predictor = load_predictor(run, threshold=threshold, runtime=runtime)
+    console.print(f"model: {describe(predictor)}", highlight=False)
+    serve(predictor if processes == 1 else (run or predictor.path), host=host, port=port, runtime=runtime,
+          threshold=threshold, threads=threads, window=window_ms / 1000.0, workers=workers, processes=processes,
+          body_timeout=body_timeout, access_log=access_log)
 
 
 @bench_app.command("serve")

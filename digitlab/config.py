@@ -72,6 +72,14 @@ class TrainConfig:
     aug_morph: float = 0.0  # probability of thickening or thinning strokes (the fast recipe: 0.6)
     aug_skip: float = 0.0  # probability of a pen skip: a thin gap across the strokes (the fast recipe: 0.2)
     aug_flip: float = 0.0  # probability of a left-right mirror (clothes, not digits: the fashion recipe)
+    # domain randomisation for real handwriting (digitlab.realism; each a probability per image, off by default)
+    aug_stretch: float = 0.0  # narrow side stretched toward a square, as box-filling scanners (USPS) do
+    aug_slant: float = 0.0  # a stronger slant (shear up to 0.6)
+    aug_width: float = 0.0  # a thicker or thinner pen (up to ~1.5 px)
+    aug_pressure: float = 0.0  # uneven pen pressure and faint or saturated strokes
+    aug_break: float = 0.0  # one to three small gaps in the strokes
+    aug_scan: float = 0.0  # a 1-bit scan: blurred, binarised, smoothed again
+    aug_lowres: float = 0.0  # seen at 7-14 px and upscaled again (small photos, 8x8 bitmaps)
     # early stopping
     early_stopping: bool = False
     monitor: str = "val_loss"
@@ -125,6 +133,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="best", epochs=20, batch_size=128, lr=0.05, optimizer="nesterov", schedule="one-cycle",
         weight_decay=5e-4, label_smoothing=0.1, augment=True, aug_shift=2.0, aug_rotate=12.0,
         aug_scale=0.12, aug_shear=0.25, aug_morph=0.3, precision="auto",
+    ),
+    # The bundled reader (docs/reader.md): the fast model on MNIST + USPS (twice, and once rendered on paper and
+    # read back through preprocess) with domain randomisation for real handwriting, 5 epochs. Calibrate it
+    # afterwards with 'digitlab calibrate RUN'. USPS's held-out 1,500 digits are never in its data.
+    "reader": dict(
+        dataset="mnist+usps*2+rendered:usps", epochs=5, augment=True, aug_morph=0.6, aug_skip=0.2, aug_stretch=0.3,
+        aug_slant=0.1, aug_width=0.15, aug_pressure=0.15, aug_break=0.1, aug_scan=0.15, aug_lowres=0.15,
+        precision="auto",
     ),
     # pytorch/examples mnist/main.py: Net, Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.
     "pytorch-example": dict(
@@ -288,12 +304,16 @@ def validate(config: TrainConfig) -> None:
 
     if config.model not in MODELS:
         bad(f"Unknown model '{config.model}': choose one of {', '.join(sorted(MODELS))} (see 'digitlab models').")
-    if config.dataset not in ("mnist", "fashion-mnist", "digits") and not config.dataset.startswith(
-        ("folder:", "openml:")
-    ):
-        bad(
-            f"Unknown dataset '{config.dataset}': use mnist, fashion-mnist, digits, folder:PATH or openml:NAME."
-        )
+    known = ("mnist", "fashion-mnist", "usps", "digits")
+    parts = [config.dataset] if config.dataset.startswith(("folder:", "openml:")) else config.dataset.split("+")
+    for part in parts:
+        name, star, times = part.strip().rpartition("*")
+        part = name if star and times.isdigit() else part
+        if part.strip() not in known and not part.strip().startswith(("folder:", "openml:", "rendered:")):
+            bad(
+                f"Unknown dataset '{config.dataset}': use mnist, fashion-mnist, usps, digits, folder:PATH, "
+                "openml:NAME or several joined by '+' (mnist+usps)."
+            )
     if config.optimizer not in OPTIMIZERS:
         bad(f"Unknown optimizer '{config.optimizer}': choose one of {', '.join(OPTIMIZERS)}.")
     if config.schedule not in SCHEDULES:
@@ -326,6 +346,7 @@ def validate(config: TrainConfig) -> None:
         bad(f"Unknown lr scaling '{config.lr_scaling}': choose one of {', '.join(LR_SCALINGS)}.")
     if config.train_subset is not None and config.train_subset < 1:
         bad(f"--train-subset must be a positive number of images, got {config.train_subset}.")
-    for name in ("aug_morph", "aug_flip", "aug_skip"):
+    for name in ("aug_morph", "aug_flip", "aug_skip", "aug_stretch", "aug_slant", "aug_width", "aug_pressure",
+                 "aug_break", "aug_scan", "aug_lowres"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             bad(f"--{name.replace('_', '-')} is a probability: give a value from 0 to 1, got {getattr(config, name)}.")

@@ -104,6 +104,8 @@ class Predictor:
         self.threshold: float = float(threshold if threshold is not None else (default if default is not None else 0.5))
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"The threshold {self.threshold} is not a probability; give a value from 0 to 1.")
+        # Temperature scaling fitted on validation data (digitlab.calibration); 1 for uncalibrated runs.
+        self.temperature: float = float(meta.get("temperature") or 1.0)
         self.runtime = runtime
         self._session: Any = None
         if runtime == "onnx":
@@ -152,7 +154,7 @@ class Predictor:
             for i in range(0, len(x), batch_size):
                 xb = self.scaler.transform(x[i : i + batch_size].to(self.device)).unsqueeze(1)
                 xb = xb.contiguous(memory_format=torch.channels_last)
-                out.append(torch.softmax(self._infer(xb).float(), 1).cpu())
+                out.append(torch.softmax(self._infer(xb).float() / self.temperature, 1).cpu())
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return torch.cat(out).numpy()
@@ -162,7 +164,11 @@ class Predictor:
             self._session.run(["probabilities"], {"images": x[i : i + batch_size]})[0]
             for i in range(0, len(x), batch_size)
         ]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
+        if not parts:
+            return np.zeros((0, len(self.classes)), np.float32)
+        from digitlab.calibration import apply_temperature
+
+        return apply_temperature(np.concatenate(parts), self.temperature)
 
     def explain_probs(self, probs: np.ndarray) -> list[Prediction]:
         """Turn rows of probabilities into Predictions (top 3, unsure below the threshold)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from digitlab import realism
 from digitlab.config import TrainConfig
 
 Transform = Callable[[torch.Tensor, TrainConfig, torch.Generator], torch.Tensor]
@@ -94,8 +95,14 @@ def erode2(x: torch.Tensor) -> torch.Tensor:
     return torch.minimum(rows[..., :-1, :], rows[..., 1:, :])
 
 
+def real_handwriting(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Domain randomisation toward other people's writing and scans (``digitlab.realism``: aspect stretch,
+    slant, pen width and pressure, broken strokes, 1-bit scans, low resolution); the reader recipe's."""
+    return realism.randomise(x, config, gen) if realism.enabled(config) else x
+
+
 # Applied in this order by augment_batch.
-TRANSFORMS: list[Transform] = [geometric, pen_skip, stroke_width]
+TRANSFORMS: list[Transform] = [geometric, pen_skip, stroke_width, real_handwriting]
 
 
 def augment_batch(x: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
