@@ -25,19 +25,9 @@ from digitlab.bench import (
     speedups,
 )
 from digitlab.cli import app
-from digitlab.config import TrainConfig
 from digitlab.data import load_dataset
-from digitlab.training import train
 
 pytestmark = pytest.mark.xdist_group("train")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = TrainConfig(train_subset=3000, val_size=500, epochs=1, batch_size=50, runs_dir=str(runs), name="tiny",
-                      report=False, threads=1)
-    return train(cfg, progress="quiet").path
 
 
 def test_bench_train_quick_runs_every_recipe_and_the_command(tmp_path):
@@ -149,21 +139,22 @@ def test_shift_tta_averages_five_passes():
     assert sum(np.array_equal(s, x) for s in passes) == 1  # the original once, four shifted copies
 
 
-def test_bench_predict_and_robust_on_a_tiny_run(tiny_run):
+def test_bench_predict_and_robust_on_a_quick_run(quick_run):
+    # The session's quick model (conftest), which the predict and serve tests train anyway.
     runner = CliRunner()
-    result = runner.invoke(app, ["bench", "predict", str(tiny_run), "--json", "--repeats", "1",
+    result = runner.invoke(app, ["bench", "predict", str(quick_run), "--json", "--repeats", "1",
                                  "--latency-samples", "5", "--threads", "1"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["images_per_second"] > 0 and data["latency_ms_median"] > 0 and data["images"] == 10_000
     assert 0.5 < data["test_accuracy"] <= 1.0
-    result = runner.invoke(app, ["bench", "robust", str(tiny_run), "--json", "--limit", "300"])
+    result = runner.invoke(app, ["bench", "robust", str(quick_run), "--json", "--limit", "300"])
     assert result.exit_code == 0, result.output
     rob = json.loads(result.output)
     assert list(rob["accuracy"]) == list(ROBUST_SETS) and rob["images"] == 300
     assert all(0.0 <= v <= 1.0 for v in rob["accuracy"].values())
     assert rob["worst_transformed"] <= rob["mean_transformed"] <= max(rob["accuracy"].values())
-    text = runner.invoke(app, ["bench", "robust", str(tiny_run), str(tiny_run), "--tta", "--limit", "100"])
+    text = runner.invoke(app, ["bench", "robust", str(quick_run), str(quick_run), "--tta", "--limit", "100"])
     assert text.exit_code == 0 and "shift TTA" in text.output and "thinner" in text.output
-    missing = runner.invoke(app, ["bench", "predict", str(tiny_run) + "-nope"])
+    missing = runner.invoke(app, ["bench", "predict", str(quick_run) + "-nope"])
     assert missing.exit_code == 2 and "No run found" in missing.output

@@ -202,15 +202,18 @@ def setup(config: TrainConfig, data: TrainData | None = None) -> tuple[TrainStat
 
 @torch.inference_mode()
 def predict_proba(
-    model: torch.nn.Module, images: torch.Tensor, scale: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+    model: torch.nn.Module, images: torch.Tensor, scale: Callable[[torch.Tensor], torch.Tensor], batch_size: int,
+    bf16: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities for images (N, H, W) already on the model's device."""
+    """Class probabilities for images (N, H, W) already on the model's device; ``bf16`` runs the model
+    under bf16 autocast, as training does (probabilities stay float32)."""
     was_training = model.training
     model.eval()
-    out = [
-        torch.softmax(model(scale(images[i : i + batch_size])).float(), 1)
-        for i in range(0, len(images), batch_size)
-    ]
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = [
+            torch.softmax(model(scale(images[i : i + batch_size])).float(), 1)
+            for i in range(0, len(images), batch_size)
+        ]
     model.train(was_training)
     if not out:
         return torch.empty(0)
