@@ -20,25 +20,10 @@ from typing import Any
 import numpy as np
 
 from digitlab.errors import ConfigError, RunError
+from digitlab.predict import Predictor, apply_temperature, log_probs
 
 T_RANGE = (0.05, 20.0)
 RENDERED_SAMPLE = 2000  # validation digits also rendered on paper (preprocess costs ~10-40 ms a digit)
-
-
-def _log_probs(probs: np.ndarray) -> np.ndarray:
-    # log p differs from the logits by a per-row constant, which softmax ignores: T can be fitted
-    # (and applied) on probabilities alone, so the ONNX runtime's outputs calibrate the same way.
-    return np.log(np.clip(np.asarray(probs, np.float64), 1e-30, 1.0))
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities (N, K) as the same model would give them with its logits divided by ``temperature``."""
-    if temperature == 1.0:
-        return np.asarray(probs)
-    z = _log_probs(probs) / float(temperature)
-    z -= z.max(1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
 def _nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
@@ -56,7 +41,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     if p.ndim != 2 or len(p) != len(y) or len(y) == 0:
         raise ConfigError(f"Temperature scaling needs probabilities (N, K) and N labels, got {p.shape} and "
                           f"{y.shape}: give the validation predictions and their labels.")
-    z = _log_probs(p)
+    z = log_probs(p)
     lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
     res = minimize_scalar(lambda u: _nll(z, y, float(np.exp(u))), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-4})
@@ -71,7 +56,6 @@ def calibrate_run(run: Any, rendered: bool = True, seed: int = 0) -> dict[str, A
     was trained on, while users send photos and scans.
     """
     from digitlab.evaluate import choose_threshold, expected_calibration_error, run_splits
-    from digitlab.predict import Predictor
     from digitlab.runs import MODEL_META, resolve_run
     from digitlab.utils import atomic_write_json
 
@@ -100,8 +84,8 @@ def calibrate_run(run: Any, rendered: bool = True, seed: int = 0) -> dict[str, A
         "fitted_on": f"validation split ({len(splits.val_y)} images)"
         + (f" + {min(RENDERED_SAMPLE, len(splits.val_y))} of them rendered on paper" if rendered else ""),
         "size": int(len(y)),
-        "nll_before": _nll(_log_probs(probs), y, 1.0),
-        "nll_after": _nll(_log_probs(probs), y, t),
+        "nll_before": _nll(log_probs(probs), y, 1.0),
+        "nll_after": _nll(log_probs(probs), y, t),
         "ece_before": float(ece_before),
         "ece_after": float(ece_after),
     }

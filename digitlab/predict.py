@@ -166,8 +166,6 @@ class Predictor:
         ]
         if not parts:
             return np.zeros((0, len(self.classes)), np.float32)
-        from digitlab.calibration import apply_temperature
-
         return apply_temperature(np.concatenate(parts), self.temperature)
 
     def explain_probs(self, probs: np.ndarray) -> list[Prediction]:
@@ -355,11 +353,20 @@ def shift_tta_proba(
     return (total / 5).astype(np.float32)
 
 
-def __getattr__(name: str) -> Any:
-    # read_field and FieldReading lived here before the fields package; they are imported on first
-    # use only, so importing this module never imports digitlab.fields (which imports this one).
-    if name in ("read_field", "FieldReading", "DigitReading"):
-        from digitlab.fields import reading
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities (N, K) as the same model would give them with its logits divided by ``temperature``.
 
-        return getattr(reading, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    log p differs from the logits by a per-row constant, which softmax ignores: T is fitted
+    (``digitlab.calibration``) and applied on probabilities alone, so the ONNX runtime's outputs
+    calibrate the same way."""
+    if temperature == 1.0:
+        return np.asarray(probs)
+    z = log_probs(probs) / float(temperature)
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def log_probs(probs: np.ndarray) -> np.ndarray:
+    """log p in float64, clipped away from log 0."""
+    return np.log(np.clip(np.asarray(probs, np.float64), 1e-30, 1.0))

@@ -100,8 +100,7 @@ def accept_rates(correct: np.ndarray, confidence: np.ndarray, targets: tuple[flo
 
 
 def _fields(predictor: Any, images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> dict[str, Any]:
-    from digitlab.fields import edit_distance, random_field
-    from digitlab.predict import read_field
+    from digitlab.fields import edit_distance, random_field, read_field
 
     rng = np.random.default_rng(seed)
     correct, confidence, digits, errors = [], [], 0, 0
