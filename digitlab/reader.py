@@ -85,10 +85,19 @@ def is_run(arg: str) -> bool:
 
 
 def resolve_model_arg(args: list[str] | None) -> tuple[str | None, list[str]]:
-    """Split ``[RUN] INPUT...`` into ``(run or None, inputs)``: RUN is there only when the first argument is a run."""
+    """Split ``[RUN] INPUT...`` into ``(run or None, inputs)``: RUN is there only when the first argument is a run.
+
+    A first argument that is neither a run nor an existing file or folder, and is not named like an
+    image, is a mistyped run: its ``RunError`` says so, instead of a "file not found" for each input.
+    """
+    from digitlab.predict import IMAGE_SUFFIXES
+    from digitlab.runs import resolve_run
+
     args = list(args or [])
     if args and is_run(args[0]):
         return args[0], args[1:]
+    if len(args) > 1 and not Path(args[0]).exists() and Path(args[0]).suffix.lower() not in IMAGE_SUFFIXES:
+        resolve_run(args[0])  # raises the one-sentence RunError naming the run
     return None, args
 
 

@@ -84,7 +84,7 @@ def test_read_files_given_one_by_one_and_the_single_file_output(quick_run, field
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["read"], "Give a RUN"),
+        (["read"], "Give the field images"),
         (["read", "no-such-run", "x.png"], "No run found"),
         (["read", "RUN", "--format", "time"], "digits, date or amount"),
         (["read", "RUN", "--json", "--csv"], "choose one"),
