@@ -466,8 +466,15 @@ def test_several_processes_share_the_port_and_the_metrics(quick_run, mnist, tmp_
         for data in pictures:
             assert requests.post(url + "/v1/predict", files={"file": ("d.png", data, "image/png")},
                                  timeout=30).status_code == 200
-        # the counters are summed over both processes
-        text = requests.get(url + "/metrics", timeout=10).text
+        # The counters are summed over both processes. A request is counted once its answer has been
+        # sent, so the last one may land a moment after its client already asks for /metrics.
+        deadline = time.monotonic() + 5
+        while True:
+            text = requests.get(url + "/metrics", timeout=10).text
+            done = metric(text, "digitlab_http_requests_total", route="/v1/predict", status="200") >= n + 2
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert metric(text, "digitlab_http_requests_total", route="/v1/predict", status="200") == n + 2
         assert metric(text, "digitlab_inference_batch_size_sum") == n + 2
         assert metric(text, "digitlab_images_preprocessed_total", where="worker") == 2
