@@ -135,10 +135,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         aug_scale=0.12, aug_shear=0.25, aug_morph=0.3, precision="auto",
     ),
     # The bundled reader (docs/reader.md): the fast model on MNIST + USPS (twice, and once rendered on paper and
-    # read back through preprocess) with domain randomisation for real handwriting, 5 epochs. Calibrate it
+    # read back through preprocess) with domain randomisation for real handwriting, 10 epochs. Calibrate it
     # afterwards with 'digitlab calibrate RUN'. USPS's held-out 1,500 digits are never in its data.
     "reader": dict(
-        dataset="mnist+usps*2+rendered:usps", epochs=5, augment=True, aug_morph=0.6, aug_skip=0.2, aug_stretch=0.3,
+        dataset="mnist+usps*2+rendered:usps", epochs=10, augment=True, aug_morph=0.6, aug_skip=0.2, aug_stretch=0.3,
         aug_slant=0.1, aug_width=0.15, aug_pressure=0.15, aug_break=0.1, aug_scan=0.15, aug_lowres=0.15,
         precision="auto",
     ),
