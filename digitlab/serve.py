@@ -517,9 +517,12 @@ def model_identity(predictor: Any) -> dict[str, str]:
     """name, version and sha256 of the served model: the architecture, the run, the weights file."""
     import hashlib
 
-    weights = predictor.path / "model.safetensors" if predictor.path else None
+    from digitlab.reader import sha256_file
+    from digitlab.runs import MODEL_WEIGHTS
+
+    weights = predictor.path / MODEL_WEIGHTS if predictor.path else None
     if weights is not None and weights.is_file():
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        digest = sha256_file(weights)  # the same checksum as the bundled reader's model card and model.json
     else:  # a Predictor built in memory: the hash of its weights as safetensors would store them
         from safetensors.torch import save
 
