@@ -48,8 +48,11 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def calibrate_run(run: Any, rendered: bool = True, seed: int = 0) -> dict[str, Any]:
+def calibrate_run(run: Any, rendered: bool = True, seed: int = 0, tta: str | None = None) -> dict[str, Any]:
     """Fit T on ``run``'s validation split and store it in its ``model.json``; returns the fit's figures.
+
+    ``tta`` ("shift" or "none") also sets the model's test-time augmentation in model.json first, so
+    the temperature is fitted on the probabilities the model will give (None: keep what is there).
 
     ``rendered`` adds the validation digits drawn on paper and read back by ``preprocess`` (see
     ``digitlab.realism.render_through_preprocess``): the clean validation set alone is what the model
@@ -64,8 +67,12 @@ def calibrate_run(run: Any, rendered: bool = True, seed: int = 0) -> dict[str, A
     if len(splits.val_y) == 0:
         raise RunError(f"Run '{path}' has no validation split to fit a temperature on: train it with a validation "
                        "set (any split scheme but 'none').")
+    if tta not in (None, "none", "shift"):
+        raise ConfigError(f"Unknown test-time augmentation '{tta}'; choose shift or none.")
     predictor = Predictor.from_run(path)
     predictor.temperature = 1.0
+    if tta is not None:
+        predictor.tta = None if tta == "none" else tta
     x, y = splits.val_x, splits.val_y
     if rendered:
         from digitlab.realism import render_through_preprocess
@@ -91,6 +98,10 @@ def calibrate_run(run: Any, rendered: bool = True, seed: int = 0) -> dict[str, A
     }
     meta["temperature"] = t
     meta["calibration"] = figures
+    if predictor.tta:
+        meta["tta"] = predictor.tta
+    else:
+        meta.pop("tta", None)
     meta["threshold"] = choose_threshold(y, calibrated)
     atomic_write_json(meta_path, meta)
-    return {**figures, "threshold": meta["threshold"], "run": str(path)}
+    return {**figures, "threshold": meta["threshold"], "tta": predictor.tta, "run": str(path)}

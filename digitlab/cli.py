@@ -655,18 +655,22 @@ def calibrate_command(
     run: str = typer.Argument(..., help="Run folder or name ('latest': the newest run)."),
     rendered: bool = typer.Option(True, "--rendered/--clean", help="Also fit on the validation digits rendered on "
                                   "paper and read back through preprocess (default), or on the clean split alone."),
+    tta: str | None = typer.Option(None, "--tta", help="Also set the model's test-time augmentation: 'shift' "
+                                   "(average over 1-pixel shifts, 5x the compute) or 'none'; default: keep it."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fit a temperature on the run's validation split and store it in RUN/model.json (calibrated confidence)."""
     from digitlab.calibration import calibrate_run
 
-    result = calibrate_run(run, rendered=rendered)
+    result = calibrate_run(run, rendered=rendered, tta=tta)
     if as_json:
         print_json(result)
         return
     console.print(f"temperature {result['temperature']:.3f} fitted on {result['fitted_on']}: NLL "
                   f"{result['nll_before']:.4f} -> {result['nll_after']:.4f}, ECE {result['ece_before']:.2%} -> "
-                  f"{result['ece_after']:.2%}; threshold {result['threshold']:.3f}; stored in {result['run']}",
+                  f"{result['ece_after']:.2%}; threshold {result['threshold']:.3f}"
+                  + (f"; test-time augmentation {result['tta']}" if result["tta"] else "")
+                  + f"; stored in {result['run']}",
                   highlight=False)
 
 

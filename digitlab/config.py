@@ -309,10 +309,10 @@ def validate(config: TrainConfig) -> None:
     for part in parts:
         name, star, times = part.strip().rpartition("*")
         part = name if star and times.isdigit() else part
-        if part.strip() not in known and not part.strip().startswith(("folder:", "openml:", "rendered:")):
+        if part.strip() not in known and not part.strip().startswith(("folder:", "openml:", "rendered:", "restyled:")):
             bad(
                 f"Unknown dataset '{config.dataset}': use mnist, fashion-mnist, usps, digits, folder:PATH, "
-                "openml:NAME or several joined by '+' (mnist+usps)."
+                "openml:NAME, rendered:NAME, restyled:NAME or several joined by '+' (mnist+usps)."
             )
     if config.optimizer not in OPTIMIZERS:
         bad(f"Unknown optimizer '{config.optimizer}': choose one of {', '.join(OPTIMIZERS)}.")

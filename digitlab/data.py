@@ -29,6 +29,9 @@ class names and the official train/test split:
 - ``rendered:NAME`` (``mnist`` or ``usps``): NAME's training digits drawn on paper as photos and read back
   through ``digitlab.preprocess`` (``realism.render_through_preprocess``, seed 0), computed once (~10-40 ms
   a digit) and cached under ``<cache>/rendered``; its test part is NAME's.
+- ``restyled:NAME`` (``mnist`` or ``usps``): only NAME's training 1s and 7s, redrawn the continental-European
+  way (``realism.european_styles``: a long up-stroke on each 1, a crossbar on each 7), seed 0; its test
+  part is NAME's. MNIST's and USPS's writers are American, and their 7s look like a European 1.
 - ``digits``: scikit-learn's 8x8 digits (values 0..16). It has no official split, so ours is a
   stratified 80/20 split with seed 42 (1,437 train / 360 test).
 - ``folder:PATH``: one sub-folder per class (class names = sorted folder names), images of any common
@@ -80,7 +83,8 @@ import torch
 from digitlab.errors import ConfigError, DatasetError, DigitlabError
 from digitlab.utils import atomic_write
 
-DATASETS = ("mnist", "fashion-mnist", "digits", "folder:PATH", "openml:NAME", "usps", "rendered:NAME", "A+B")
+DATASETS = ("mnist", "fashion-mnist", "digits", "folder:PATH", "openml:NAME", "usps", "rendered:NAME", "restyled:NAME",
+            "A+B")
 DIGIT_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -158,6 +162,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
         return load_usps(data_dir)
     if kind.startswith("rendered:") and key[9:]:
         return _load_rendered(key[9:], data_dir)
+    if kind.startswith("restyled:") and key[9:]:
+        return _load_restyled(key[9:], data_dir)
     if kind == "mnist":
         return _load_idx_dataset("mnist", DIGIT_CLASSES, _find_mnist(data_dir))
     if kind in ("fashion-mnist", "fashionmnist", "fashion"):
@@ -530,6 +536,19 @@ def _load_rendered(name: str, data_dir: str | Path | None) -> Dataset:
         except OSError:
             pass  # a read-only cache only costs time
     return Dataset(f"rendered:{base.name}", images, base.train_labels.copy(), base.test_images, base.test_labels,
+                   list(base.classes), base.max_value)
+
+
+def _load_restyled(name: str, data_dir: str | Path | None) -> Dataset:
+    """``name``'s training 1s and 7s written the continental-European way (``realism.european_styles``)."""
+    from digitlab.realism import european_styles
+
+    base = load_dataset(name, data_dir)
+    if base.train_images.shape[1:] != (28, 28) or base.max_value != 255 or base.classes != DIGIT_CLASSES:
+        raise DatasetError(f"restyled:{name} needs 28x28 digits 0-9 in 0..255, and {base.name} is not: "
+                           "use mnist or usps.")
+    images, labels = european_styles(base.train_images, base.train_labels, seed=0)
+    return Dataset(f"restyled:{base.name}", images, labels, base.test_images, base.test_labels,
                    list(base.classes), base.max_value)
 
 

@@ -401,7 +401,7 @@ def evaluate_run(
     run = run if isinstance(run, Run) else Run.load(run)
     x, y, classes = load_split(run, split)
     predictor = Predictor.from_run(run.path)
-    if tta:
+    if tta and not predictor.tta:  # a model with its own TTA (model.json "tta") already averages shifts
         from digitlab.predict import shift_tta_proba
 
         probs = shift_tta_proba(predictor.predict_proba, x)

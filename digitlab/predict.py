@@ -106,6 +106,12 @@ class Predictor:
             raise ConfigError(f"The threshold {self.threshold} is not a probability; give a value from 0 to 1.")
         # Temperature scaling fitted on validation data (digitlab.calibration); 1 for uncalibrated runs.
         self.temperature: float = float(meta.get("temperature") or 1.0)
+        # Test-time augmentation chosen for this model (model.json "tta"): "shift" averages the image
+        # and its four 1-pixel shifts in one batch; the temperature is fitted on (and applied to) that average.
+        self.tta: str | None = meta.get("tta") or None
+        if self.tta not in (None, "shift"):
+            raise ConfigError(f"model.json asks for test-time augmentation '{self.tta}', which this digitlab does not "
+                              "know; use 'shift' or remove the key.")
         self.runtime = runtime
         self._session: Any = None
         if runtime == "onnx":
@@ -144,29 +150,33 @@ class Predictor:
             )
         # One forward pass at a time: the server's batching thread and /v1/read's threads share one model.
         with self._lock:
-            return self._proba(x, batch_size)
+            if self.tta == "shift" and len(x):
+                views = shifted_views(x)  # (5N, H, W): one forward pass for all five
+                mean = self._proba(views, batch_size * 5, 1.0).reshape(5, len(x), -1).mean(0, dtype=np.float64)
+                return apply_temperature(mean.astype(np.float32), self.temperature)
+            return self._proba(x, batch_size, self.temperature)
 
-    def _proba(self, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    def _proba(self, x: torch.Tensor, batch_size: int, temperature: float) -> np.ndarray:
         if self._session is not None:
-            return self._onnx_proba(x.numpy().astype(np.float32), batch_size)
+            return self._onnx_proba(x.numpy().astype(np.float32), batch_size, temperature)
         out = []
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 xb = self.scaler.transform(x[i : i + batch_size].to(self.device)).unsqueeze(1)
                 xb = xb.contiguous(memory_format=torch.channels_last)
-                out.append(torch.softmax(self._infer(xb).float() / self.temperature, 1).cpu())
+                out.append(torch.softmax(self._infer(xb).float() / temperature, 1).cpu())
         if not out:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return torch.cat(out).numpy()
 
-    def _onnx_proba(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+    def _onnx_proba(self, x: np.ndarray, batch_size: int, temperature: float) -> np.ndarray:
         parts = [
             self._session.run(["probabilities"], {"images": x[i : i + batch_size]})[0]
             for i in range(0, len(x), batch_size)
         ]
         if not parts:
             return np.zeros((0, len(self.classes)), np.float32)
-        return apply_temperature(np.concatenate(parts), self.temperature)
+        return apply_temperature(np.concatenate(parts), temperature)
 
     def explain_probs(self, probs: np.ndarray) -> list[Prediction]:
         """Turn rows of probabilities into Predictions (top 3, unsure below the threshold)."""
@@ -332,13 +342,11 @@ def _fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
-def shift_tta_proba(
-    predict_proba: Callable[[np.ndarray], np.ndarray], images: np.ndarray, shifts: int = 1
-) -> np.ndarray:
-    """Test-time augmentation: average the probabilities over the image and its copies shifted by
-    ``shifts`` pixels right, left, down and up (5 passes)."""
-    x = torch.as_tensor(np.asarray(images))
-    total = predict_proba(x.numpy()).astype(np.float64)
+def shifted_views(images: torch.Tensor, shifts: int = 1) -> torch.Tensor:
+    """Images (N, H, W) and their copies moved ``shifts`` pixels right, left, down and up (the pixels
+    moved in are background), stacked as (5N, H, W) in that order."""
+    x = torch.as_tensor(images)
+    views = [x]
     for dy, dx in ((0, shifts), (0, -shifts), (shifts, 0), (-shifts, 0)):
         moved = torch.roll(x, (dy, dx), dims=(1, 2))
         if dy > 0:
@@ -349,7 +357,19 @@ def shift_tta_proba(
             moved[:, :, :dx] = 0
         elif dx < 0:
             moved[:, :, dx:] = 0
-        total += predict_proba(moved.numpy())
+        views.append(moved)
+    return torch.cat(views)
+
+
+def shift_tta_proba(
+    predict_proba: Callable[[np.ndarray], np.ndarray], images: np.ndarray, shifts: int = 1
+) -> np.ndarray:
+    """Test-time augmentation: average the probabilities over the image and its copies shifted by
+    ``shifts`` pixels right, left, down and up (5 passes). A Predictor whose model.json asks for
+    ``"tta": "shift"`` does this itself, in one batch."""
+    x = torch.as_tensor(np.asarray(images))
+    views = shifted_views(x, shifts).reshape(5, *x.shape)
+    total = sum(predict_proba(v.numpy()).astype(np.float64) for v in views)
     return (total / 5).astype(np.float32)
 
 

@@ -272,3 +272,65 @@ def render_through_preprocess(images: np.ndarray, seed: int = 0) -> np.ndarray:
         except ImageError:
             out[i] = digit
     return out
+
+
+# --- offline: the continental-European way of writing 1 and 7 -------------------------------------
+
+
+def _segment_ink(shape: tuple[int, int], p0: tuple[float, float], p1: tuple[float, float], width: float,
+                 level: float) -> np.ndarray:
+    """An anti-aliased pen stroke from ``p0`` to ``p1`` ((y, x) points), ``width`` px wide, at ``level``."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    (y0, x0), (y1, x1) = p0, p1
+    dy, dx = y1 - y0, x1 - x0
+    t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0.0, 1.0)
+    dist = np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
+    return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0) * level
+
+
+def _restyle(a: np.ndarray, label: int, rng: np.random.Generator) -> np.ndarray:
+    ink = np.pad(a, 10)
+    rows = np.flatnonzero((ink > 0.3).any(1))
+    top, bottom = int(rows[0]), int(rows[-1])
+    h = bottom - top + 1
+    level = float(np.percentile(ink[ink > 0.3], 90))
+    width = float(np.clip(ink.sum() / max(h, 1) / level, 1.5, 4.0)) * rng.uniform(0.8, 1.1)
+
+    def stem_x(y: int) -> float:
+        row = ink[y]
+        return float((row * np.arange(len(row))).sum() / max(row.sum(), 1e-6))
+
+    if label == 1:
+        # The long up-stroke ("flag") of a continental 1: from the top of the stem, down to the left.
+        y0 = top + 0.5
+        x0 = stem_x(top) if ink[top].sum() > 0 else stem_x(top + 1)
+        angle = np.deg2rad(rng.uniform(25, 60))
+        length = rng.uniform(0.25, 0.5) * h
+        stroke = _segment_ink(ink.shape, (y0, x0), (y0 + length * np.sin(angle), x0 - length * np.cos(angle)),
+                              width, level)
+    else:
+        # The crossbar of a continental 7, across the stem a little below the middle.
+        y = int(top + rng.uniform(0.45, 0.62) * h)
+        cx = stem_x(y)
+        half = rng.uniform(0.15, 0.27) * h
+        tilt = rng.uniform(-0.1, 0.1) * half
+        stroke = _segment_ink(ink.shape, (y + tilt, cx - half), (y - tilt, cx + half * rng.uniform(0.8, 1.2)),
+                              width, level)
+    return np.maximum(ink, stroke)
+
+
+def european_styles(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The 1s and 7s of an MNIST-style set redrawn the continental-European way: each 1 gets the long
+    up-stroke that US-trained models read as a 7, each 7 the crossbar that tells it from that 1.
+
+    Returns new uint8 28x28 images (centred the MNIST way again: the flag widens the digit) and their
+    labels; the other classes are not included. Deterministic for a seed.
+    """
+    from digitlab.preprocess import center_digit
+
+    rng = np.random.default_rng(seed)
+    picked = np.flatnonzero(np.isin(labels, (1, 7)))
+    out = np.empty((len(picked), 28, 28), np.uint8)
+    for j, i in enumerate(picked):
+        out[j] = center_digit(_restyle(images[i].astype(np.float32) / 255.0, int(labels[i]), rng))
+    return out, labels[picked].copy()

@@ -608,6 +608,8 @@ def create_app(
         "test_accuracy": meta.get("test_accuracy"),
         "threshold": predictor.threshold,
         "runtime": predictor.runtime,
+        "tta": predictor.tta,
+        "temperature": predictor.temperature,
         "preprocess": predictor.target,
         "digitlab_version": digitlab.__version__,
     }

@@ -63,3 +63,60 @@ def test_predictor_applies_the_stored_temperature(quick_run, tmp_path):
     hot = Predictor.from_run(run)
     assert hot.temperature == 2.0
     assert np.allclose(hot.predict_proba(x), apply_temperature(plain, 2.0), atol=1e-4)
+
+
+def test_a_shift_tta_model_averages_five_views_in_one_pass_and_tempers_the_average(quick_run, tmp_path):
+    import shutil
+
+    from digitlab.data import load_dataset
+    from digitlab.predict import Predictor, shift_tta_proba
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    x = load_dataset("mnist").test_images[:100]
+    untouched = Predictor.from_run(run)
+    expected = apply_temperature(shift_tta_proba(untouched.predict_proba, x), 1.7)
+    meta = json.loads((run / "model.json").read_text())
+    meta.update(tta="shift", temperature=1.7)
+    (run / "model.json").write_text(json.dumps(meta))
+    tta = Predictor.from_run(run)
+    assert tta.tta == "shift"
+    got = tta.predict_proba(x)
+    assert got.shape == (100, 10) and np.allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, apply_temperature(untouched.predict_proba(x), 1.7), atol=1e-3)
+    assert tta.predict_proba(x[:0]).shape == (0, 10)
+
+
+def test_calibrate_with_tta_stores_it_and_fits_on_the_averaged_probabilities(quick_run, tmp_path):
+    import shutil
+
+    from digitlab.calibration import calibrate_run
+    from digitlab.predict import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    with_tta = calibrate_run(run, rendered=False, tta="shift")
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["tta"] == "shift" and with_tta["tta"] == "shift"
+    assert Predictor.from_run(run).tta == "shift"
+    without = calibrate_run(run, rendered=False, tta="none")
+    assert "tta" not in json.loads((run / "model.json").read_text()) and without["tta"] is None
+    assert with_tta["nll_before"] != without["nll_before"]  # fitted on different probabilities
+    kept = calibrate_run(run, rendered=False)  # None keeps what model.json says
+    assert kept["tta"] is None
+    with pytest.raises(ConfigError, match="Unknown test-time augmentation"):
+        calibrate_run(run, rendered=False, tta="flip")
+
+
+def test_an_unknown_tta_in_model_json_is_one_clear_error(quick_run, tmp_path):
+    import shutil
+
+    from digitlab.predict import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["tta"] = "rotate"
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="test-time augmentation 'rotate'"):
+        Predictor.from_run(run)

@@ -131,3 +131,41 @@ def test_combined_datasets_concatenate_training_digits_and_keep_the_first_test_s
     assert seen < 10  # USPS's own exact duplicates at most
     with pytest.raises(DatasetError, match="cannot be combined"):
         load_dataset("mnist+digits")
+
+
+def test_european_styles_redraw_only_ones_and_sevens_with_more_ink_repeatably():
+    from digitlab.data import load_dataset
+
+    ds = load_dataset("mnist")
+    x, y = ds.test_images[:300], ds.test_labels[:300]
+    a, la = realism.european_styles(x, y, seed=1)
+    b, lb = realism.european_styles(x, y, seed=1)
+    c, _ = realism.european_styles(x, y, seed=2)
+    picked = np.isin(y, (1, 7))
+    assert a.shape == (picked.sum(), 28, 28) and a.dtype == np.uint8
+    assert np.array_equal(la, y[picked]) and set(la.tolist()) == {1, 7}
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # the flag widens a 1: its ink box (still 20 px tall the MNIST way) gets wider than the plain 1's
+    def width(img: np.ndarray) -> int:
+        cols = np.flatnonzero((img > 60).any(0))
+        return int(cols[-1] - cols[0] + 1)
+    ones = np.flatnonzero(y[picked] == 1)
+    plain_ones = x[picked][ones]
+    assert np.median([width(i) for i in a[ones]]) > np.median([width(i) for i in plain_ones]) + 2
+    # the centre of mass stays where MNIST puts it
+    yy, xx = np.mgrid[0:28, 0:28]
+    m = a.astype(float).sum((1, 2))
+    assert np.allclose((a * yy).sum((1, 2)) / m, 14, atol=1.0) and np.allclose((a * xx).sum((1, 2)) / m, 14, atol=1.0)
+
+
+def test_restyled_dataset_holds_the_restyled_ones_and_sevens_and_combines(shared_data):
+    from digitlab.data import load_dataset
+
+    ds = load_dataset("restyled:usps")
+    usps = load_dataset("usps")
+    assert len(ds.train_labels) == int(np.isin(usps.train_labels, (1, 7)).sum())
+    assert np.array_equal(ds.test_labels, usps.test_labels)
+    both = load_dataset("usps+restyled:usps")
+    assert len(both.train_labels) == len(usps.train_labels) + len(ds.train_labels)
+    with pytest.raises(DatasetError, match="restyled:fashion-mnist needs"):
+        load_dataset("restyled:fashion-mnist")

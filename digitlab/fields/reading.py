@@ -196,7 +196,7 @@ def read_field(
               else np.zeros((0, *predictor.input_shape[1:]), np.uint8))
     if not len(inputs):
         probs = np.zeros((0, len(predictor.classes)), np.float32)
-    elif tta and inputs.shape[1:] == (28, 28):
+    elif tta and not predictor.tta and inputs.shape[1:] == (28, 28):  # a TTA model does it itself
         probs = shift_tta_proba(predictor.predict_proba, inputs)
     else:
         probs = predictor.predict_proba(inputs)
