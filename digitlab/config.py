@@ -142,6 +142,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         aug_slant=0.1, aug_width=0.15, aug_pressure=0.15, aug_break=0.1, aug_scan=0.15, aug_lowres=0.15,
         precision="auto",
     ),
+    # The bundled reader's second member (docs/reader.md): the best model, 12 epochs, on the reader's data plus
+    # the 1s and 7s of MNIST and USPS written the continental-European way (restyled:NAME). Combined with a
+    # 'reader' run by digitlab.reader.combine, then calibrated.
+    "reader-best": dict(
+        model="best", dataset="mnist+usps*2+rendered:usps+restyled:mnist+restyled:usps", epochs=12, augment=True,
+        aug_morph=0.6, aug_skip=0.2, aug_stretch=0.3, aug_slant=0.1, aug_width=0.15, aug_pressure=0.15,
+        aug_break=0.1, aug_scan=0.15, aug_lowres=0.15, precision="auto",
+    ),
     # pytorch/examples mnist/main.py: Net, Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.
     "pytorch-example": dict(
         model="pytorch-example", optimizer="adadelta", lr=1.0, rho=0.9, weight_decay=0.0, schedule="step",

@@ -920,6 +920,10 @@ class Scaler:
         self._device_cache.clear()
         return self
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, b)`` with ``transform(x) == x * a + b`` on the raw pixel values."""
+        return self._affine()
+
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.fitted:
             raise ConfigError(f"The '{self.name}' scaler is not fitted: call .fit(train_x) on the training images "

@@ -738,3 +738,35 @@ def _best(
         s.add("dropout", nn.Dropout(dropout))
     s.add("out", nn.Linear(hidden, num_classes))
     return nn.Sequential(s.layers)
+
+
+# --- ensembles ------------------------------------------------------------------------------------
+
+
+class Ensemble(nn.Module):
+    """Several trained models as one: each gets the input rescaled its own way (``x * scale + shift``
+    on inputs scaled to [0, 1]), and the output is the log of their average probabilities, so a softmax
+    of it is that average (and a temperature applies to the ensemble as a whole)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        for i in range(len(members)):
+            self.register_buffer(f"scale{i}", torch.ones(()))
+            self.register_buffer(f"shift{i}", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logs = [torch.log_softmax(m(x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}")), 1)
+                for i, m in enumerate(self.members)]
+        return torch.logsumexp(torch.stack(logs), 0) - math.log(len(logs))
+
+
+def build_ensemble(input_shape: Iterable[int], num_classes: int, members: list[dict[str, Any]]) -> Ensemble:
+    """An ``Ensemble`` of registered models (``members``: their specs, as ``model.json`` stores them)."""
+    if len(members) < 2:
+        raise ConfigError(f"An ensemble needs two or more member models, got {len(members)}.")
+    built = [build_model(m["name"], tuple(m["input_shape"]), m["num_classes"], **m["options"]) for m in members]
+    model = Ensemble(built)
+    model.spec = {"name": "ensemble", "input_shape": list(input_shape), "num_classes": num_classes,
+                  "options": {}, "members": [b.spec for b in built]}
+    return model

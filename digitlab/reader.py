@@ -20,6 +20,7 @@ from typing import Any
 from digitlab.errors import DigitlabError, RunError
 
 READER_NAME = "bundled reader"
+MODEL_META_NAME = "model.json"
 
 
 class ReaderError(DigitlabError):
@@ -118,6 +119,65 @@ def describe(predictor: Any) -> str:
     if name == READER_NAME:
         return f"{READER_NAME} ({predictor.name}, sha256 {predictor.meta.get('weights_sha256', '?')[:12]})"
     return name
+
+
+def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path | None = None) -> dict[str, Any]:
+    """Average several trained runs into one model (``models.Ensemble``), saved as a run folder at ``out``.
+
+    The members must predict the same classes from the same input shape and preprocessing. Each keeps
+    its own input scaling inside the ensemble. ``validation_from`` (default: the last run) lends its
+    ``config.json``, so ``digitlab calibrate OUT`` fits a temperature on that run's validation split.
+    Returns the new model.json.
+    """
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from digitlab.data import Scaler
+    from digitlab.models import Ensemble
+    from digitlab.runs import load_model, resolve_run, save_model
+
+    paths = [resolve_run(r) for r in runs]
+    if len(paths) < 2:
+        raise RunError(f"Combining needs two or more runs, got {len(paths)}.")
+    loaded = [load_model(p) for p in paths]
+    first = loaded[0][1]
+    for (_, meta), path in zip(loaded[1:], paths[1:], strict=True):
+        for key in ("classes", "max_value", "preprocess"):
+            if meta.get(key) != first.get(key):
+                raise RunError(f"Run '{path}' differs from '{paths[0]}' in {key}: only models of the same task combine.")
+        if meta["spec"]["input_shape"] != first["spec"]["input_shape"]:
+            raise RunError(f"Run '{path}' takes another input shape than '{paths[0]}'.")
+    model = Ensemble([m for m, _ in loaded])
+    max_value = float(first.get("max_value", 255))
+    for i, (_, meta) in enumerate(loaded):
+        a, b = Scaler.from_dict(meta["scaler"]).affine()
+        if np.ndim(a) or np.ndim(b):
+            raise RunError(f"Run '{paths[i]}' scales each pixel its own way ({meta['scaler']['name']}); an ensemble "
+                           "takes models with one scale for all pixels (unit, mean-std, symmetric).")
+        # the ensemble's own scaler is 'unit' (x / max_value): member i sees x * a_i + b_i in raw pixels
+        getattr(model, f"scale{i}").fill_(float(a) * max_value)
+        getattr(model, f"shift{i}").fill_(float(b))
+    model.spec = {"name": "ensemble", "input_shape": list(first["spec"]["input_shape"]),
+                  "num_classes": first["spec"]["num_classes"], "options": {},
+                  "members": [meta["spec"] for _, meta in loaded]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = resolve_run(validation_from) if validation_from is not None else paths[-1]
+    # the dataset named is the validation run's (its test part is what evaluate and bench use); the
+    # members' own are listed under "members"
+    meta = {"dataset": json.loads((source / MODEL_META_NAME).read_text(encoding="utf-8")).get("dataset"), "classes": first["classes"],
+            "max_value": first.get("max_value", 255), "scaler": {"name": "unit", "max_value": max_value},
+            "preprocess": first.get("preprocess", {"target": "mnist"}),
+            "members": [{"run": m.get("provenance", {}).get("run") or p.name, "dataset": m.get("dataset"), "test_accuracy": m.get("test_accuracy")}
+                        for p, (_, m) in zip(paths, loaded, strict=True)],
+            "threshold": 0.5, "test_accuracy": None}
+    with torch.no_grad():
+        save_model(out, model, meta)
+    if (source / "config.json").is_file():
+        shutil.copyfile(source / "config.json", out / "config.json")
+    return json.loads((out / MODEL_META_NAME).read_text(encoding="utf-8"))
 
 
 def bundle(run: str | Path, dest: str | Path | None = None, command: str | None = None) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any]
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from ``model.json`` and load its safetensors weights (no pickle)."""
-    from digitlab.models import build_model
+    from digitlab.models import build_ensemble, build_model
 
     run_dir = Path(run_dir)
     meta_path, weights_path = run_dir / MODEL_META, run_dir / MODEL_WEIGHTS
@@ -75,7 +75,10 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         spec = meta["spec"]
-        model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec["options"])
+        if spec["name"] == "ensemble":
+            model = build_ensemble(spec["input_shape"], spec["num_classes"], spec["members"])
+        else:
+            model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec["options"])
         state = load_file(str(weights_path))
         model.load_state_dict(state)
     except (json.JSONDecodeError, KeyError, RuntimeError, OSError) as exc:

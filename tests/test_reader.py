@@ -109,3 +109,64 @@ def test_resolve_model_arg_tells_runs_from_inputs(quick_run, tmp_path):
     assert resolve_model_arg([]) == (None, [])
     out = CliRunner().invoke(app, ["predict", str(quick_run)])
     assert out.exit_code == 2 and "no images follow" in out.output
+
+
+def test_combine_averages_the_members_probabilities_each_with_its_own_scaling(quick_run, tmp_path):
+    from digitlab.data import load_dataset
+    from digitlab.predict import Predictor
+    from digitlab.reader import combine
+
+    # the bundled reader's first member and the quick run were scaled differently (mean-std fitted on
+    # other data): the ensemble must give each its own inputs
+    fast = tmp_path / "fast"
+    shutil.copytree(quick_run, fast)
+    meta = json.loads((fast / "model.json").read_text())
+    meta["scaler"] = {"name": "unit", "max_value": 255.0}  # same weights, another scaling: other answers
+    (fast / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "ens"
+    made = combine([quick_run, fast], out)
+    assert made["spec"]["name"] == "ensemble" and len(made["spec"]["members"]) == 2
+    assert (out / "config.json").is_file()  # from the last run: 'digitlab calibrate OUT' has a validation split
+    x = load_dataset("mnist").test_images[:64]
+    a, b = Predictor.from_run(quick_run), Predictor.from_run(fast)
+    a.temperature = b.temperature = 1.0
+    expected = (a.predict_proba(x) + b.predict_proba(x)) / 2
+    assert not np.allclose(a.predict_proba(x), b.predict_proba(x), atol=1e-3)
+    got = Predictor.from_run(out).predict_proba(x)
+    assert np.allclose(got, expected, atol=1e-5)
+
+
+def test_combine_refuses_one_run_and_runs_of_other_tasks(quick_run, tmp_path):
+    from digitlab.errors import RunError
+    from digitlab.reader import combine
+
+    with pytest.raises(RunError, match="two or more runs"):
+        combine([quick_run], tmp_path / "one")
+    other = tmp_path / "other"
+    shutil.copytree(quick_run, other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["classes"] = [f"c{i}" for i in range(10)]
+    (other / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="differs .* in classes"):
+        combine([quick_run, other], tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()  # nothing written half-way
+
+
+def test_the_bundled_ensemble_equals_the_average_of_its_members(reader):
+    import torch
+
+    from digitlab.data import load_dataset
+
+    x = load_dataset("mnist").test_images[:32]
+    model = reader.model
+    assert reader.meta["spec"]["name"] == "ensemble" and len(model.members) == 2
+    with torch.inference_mode():
+        unit = torch.as_tensor(x).float().unsqueeze(1) / 255
+        mean = sum(torch.softmax(m(unit * getattr(model, f"scale{i}") + getattr(model, f"shift{i}")), 1)
+                   for i, m in enumerate(model.members)) / 2
+    reader_t, reader.temperature = reader.temperature, 1.0
+    try:
+        got = reader.predict_proba(x)
+    finally:
+        reader.temperature = reader_t
+    assert np.allclose(got, mean.numpy(), atol=1e-5)
