@@ -146,7 +146,8 @@ def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path
     for (_, meta), path in zip(loaded[1:], paths[1:], strict=True):
         for key in ("classes", "max_value", "preprocess"):
             if meta.get(key) != first.get(key):
-                raise RunError(f"Run '{path}' differs from '{paths[0]}' in {key}: only models of the same task combine.")
+                raise RunError(f"Run '{path}' differs from '{paths[0]}' in {key}: only models of the same task "
+                               "combine.")
         if meta["spec"]["input_shape"] != first["spec"]["input_shape"]:
             raise RunError(f"Run '{path}' takes another input shape than '{paths[0]}'.")
     model = Ensemble([m for m, _ in loaded])
@@ -167,11 +168,12 @@ def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path
     source = resolve_run(validation_from) if validation_from is not None else paths[-1]
     # the dataset named is the validation run's (its test part is what evaluate and bench use); the
     # members' own are listed under "members"
-    meta = {"dataset": json.loads((source / MODEL_META_NAME).read_text(encoding="utf-8")).get("dataset"), "classes": first["classes"],
+    dataset = json.loads((source / MODEL_META_NAME).read_text(encoding="utf-8")).get("dataset")
+    meta = {"dataset": dataset, "classes": first["classes"],
             "max_value": first.get("max_value", 255), "scaler": {"name": "unit", "max_value": max_value},
             "preprocess": first.get("preprocess", {"target": "mnist"}),
-            "members": [{"run": m.get("provenance", {}).get("run") or p.name, "dataset": m.get("dataset"), "test_accuracy": m.get("test_accuracy")}
-                        for p, (_, m) in zip(paths, loaded, strict=True)],
+            "members": [{"run": m.get("provenance", {}).get("run") or p.name, "dataset": m.get("dataset"),
+                         "test_accuracy": m.get("test_accuracy")} for p, (_, m) in zip(paths, loaded, strict=True)],
             "threshold": 0.5, "test_accuracy": None}
     with torch.no_grad():
         save_model(out, model, meta)
