@@ -746,27 +746,53 @@ def _best(
 class Ensemble(nn.Module):
     """Several trained models as one: each gets the input rescaled its own way (``x * scale + shift``
     on inputs scaled to [0, 1]), and the output is the log of their average probabilities, so a softmax
-    of it is that average (and a temperature applies to the ensemble as a whole)."""
+    of it is that average (and a temperature applies to the ensemble as a whole).
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    ``escalate_below`` makes it a cascade: the first member answers alone for the images where its
+    top probability is at least that, and only the others are averaged over all members (the first
+    member should be the cheap one: most images then cost one model).
+    """
+
+    def __init__(self, members: list[nn.Module], escalate_below: float | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.escalate_below = escalate_below
         for i in range(len(members)):
             self.register_buffer(f"scale{i}", torch.ones(()))
             self.register_buffer(f"shift{i}", torch.zeros(()))
 
+    def _member(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.members[i](x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}")), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logs = [torch.log_softmax(m(x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}")), 1)
-                for i, m in enumerate(self.members)]
-        return torch.logsumexp(torch.stack(logs), 0) - math.log(len(logs))
+        n = len(self.members)
+        if self.escalate_below is None or _exporting():
+            logs = [self._member(i, x) for i in range(n)]
+            mean = torch.logsumexp(torch.stack(logs), 0) - math.log(n)
+            if self.escalate_below is None:
+                return mean
+            # an exported graph (ONNX) cannot pick rows by value: every member runs, the answer is the same
+            return torch.where(logs[0].amax(1, keepdim=True) < math.log(self.escalate_below), mean, logs[0])
+        first = self._member(0, x)
+        unsure = torch.nonzero(first.amax(1) < math.log(self.escalate_below)).squeeze(1)
+        xs = x.index_select(0, unsure)
+        logs = [first.index_select(0, unsure)] + [self._member(i, xs) for i in range(1, n)]
+        return first.index_copy(0, unsure, torch.logsumexp(torch.stack(logs), 0) - math.log(n))
 
 
-def build_ensemble(input_shape: Iterable[int], num_classes: int, members: list[dict[str, Any]]) -> Ensemble:
+def _exporting() -> bool:
+    return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+
+
+def build_ensemble(input_shape: Iterable[int], num_classes: int, members: list[dict[str, Any]],
+                   escalate_below: float | None = None) -> Ensemble:
     """An ``Ensemble`` of registered models (``members``: their specs, as ``model.json`` stores them)."""
     if len(members) < 2:
         raise ConfigError(f"An ensemble needs two or more member models, got {len(members)}.")
+    if escalate_below is not None and not 0.0 < escalate_below <= 1.0:
+        raise ConfigError(f"escalate_below={escalate_below} is not a probability in (0, 1]: give e.g. 0.9, or none.")
     built = [build_model(m["name"], tuple(m["input_shape"]), m["num_classes"], **m["options"]) for m in members]
-    model = Ensemble(built)
+    model = Ensemble(built, escalate_below)
     model.spec = {"name": "ensemble", "input_shape": list(input_shape), "num_classes": num_classes,
-                  "options": {}, "members": [b.spec for b in built]}
+                  "options": {}, "members": [b.spec for b in built], "escalate_below": escalate_below}
     return model

@@ -121,8 +121,12 @@ def describe(predictor: Any) -> str:
     return name
 
 
-def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path | None = None) -> dict[str, Any]:
+def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path | None = None,
+            escalate_below: float | None = None) -> dict[str, Any]:
     """Average several trained runs into one model (``models.Ensemble``), saved as a run folder at ``out``.
+
+    ``escalate_below`` (e.g. 0.9) makes it a cascade: the first run's model answers alone where its
+    top probability (before any temperature) reaches that, the average of all answers the rest.
 
     The members must predict the same classes from the same input shape and preprocessing. Each keeps
     its own input scaling inside the ensemble. ``validation_from`` (default: the last run) lends its
@@ -135,7 +139,7 @@ def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path
     import torch
 
     from digitlab.data import Scaler
-    from digitlab.models import Ensemble
+    from digitlab.models import build_ensemble
     from digitlab.runs import load_model, resolve_run, save_model
 
     paths = [resolve_run(r) for r in runs]
@@ -150,7 +154,10 @@ def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path
                                "combine.")
         if meta["spec"]["input_shape"] != first["spec"]["input_shape"]:
             raise RunError(f"Run '{path}' takes another input shape than '{paths[0]}'.")
-    model = Ensemble([m for m, _ in loaded])
+    model = build_ensemble(first["spec"]["input_shape"], first["spec"]["num_classes"],
+                           [meta["spec"] for _, meta in loaded], escalate_below)
+    for member, (loaded_model, _) in zip(model.members, loaded, strict=True):
+        member.load_state_dict(loaded_model.state_dict())
     max_value = float(first.get("max_value", 255))
     for i, (_, meta) in enumerate(loaded):
         a, b = Scaler.from_dict(meta["scaler"]).affine()
@@ -160,9 +167,6 @@ def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path
         # the ensemble's own scaler is 'unit' (x / max_value): member i sees x * a_i + b_i in raw pixels
         getattr(model, f"scale{i}").fill_(float(a) * max_value)
         getattr(model, f"shift{i}").fill_(float(b))
-    model.spec = {"name": "ensemble", "input_shape": list(first["spec"]["input_shape"]),
-                  "num_classes": first["spec"]["num_classes"], "options": {},
-                  "members": [meta["spec"] for _, meta in loaded]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     source = resolve_run(validation_from) if validation_from is not None else paths[-1]

@@ -152,21 +152,72 @@ def test_combine_refuses_one_run_and_runs_of_other_tasks(quick_run, tmp_path):
     assert not (tmp_path / "mixed").exists()  # nothing written half-way
 
 
-def test_the_bundled_ensemble_equals_the_average_of_its_members(reader):
+def test_the_bundled_reader_is_the_cascade_its_card_describes(reader):
     import torch
 
     from digitlab.data import load_dataset
 
-    x = load_dataset("mnist").test_images[:32]
+    x = load_dataset("mnist").test_images[:300]
     model = reader.model
     assert reader.meta["spec"]["name"] == "ensemble" and len(model.members) == 2
+    assert model.escalate_below == float(_card_value(r"escalate_below=([0-9.]+)"))
     with torch.inference_mode():
         unit = torch.as_tensor(x).float().unsqueeze(1) / 255
-        mean = sum(torch.softmax(m(unit * getattr(model, f"scale{i}") + getattr(model, f"shift{i}")), 1)
-                   for i, m in enumerate(model.members)) / 2
+        p = [torch.softmax(m(unit * getattr(model, f"scale{i}") + getattr(model, f"shift{i}")), 1).numpy()
+             for i, m in enumerate(model.members)]
+    sure = p[0].max(1) >= model.escalate_below
+    assert 0 < sure.mean() < 1  # both branches are taken on real digits
+    expected = np.where(sure[:, None], p[0], (p[0] + p[1]) / 2)
     reader_t, reader.temperature = reader.temperature, 1.0
     try:
         got = reader.predict_proba(x)
     finally:
         reader.temperature = reader_t
-    assert np.allclose(got, mean.numpy(), atol=1e-5)
+    assert np.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("escalate_below", [0.9, 1.0, 1e-6])
+def test_a_cascade_lets_the_first_model_answer_where_it_is_sure(quick_run, tmp_path, escalate_below):
+    from digitlab.data import load_dataset
+    from digitlab.predict import Predictor
+    from digitlab.reader import combine
+
+    other = tmp_path / "other"
+    shutil.copytree(quick_run, other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["scaler"] = {"name": "unit", "max_value": 255.0}
+    (other / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "cascade"
+    assert combine([quick_run, other], out, escalate_below=escalate_below)["spec"]["escalate_below"] == escalate_below
+    x = load_dataset("mnist").test_images[:64]
+    a, b = Predictor.from_run(quick_run), Predictor.from_run(other)
+    a.temperature = b.temperature = 1.0
+    pa, pb = a.predict_proba(x), b.predict_proba(x)
+    expected = np.where((pa.max(1) >= escalate_below)[:, None], pa, (pa + pb) / 2)
+    assert np.allclose(Predictor.from_run(out).predict_proba(x), expected, atol=1e-5)
+
+
+def test_a_cascade_threshold_outside_0_1_is_one_clear_error(quick_run, tmp_path):
+    from digitlab.errors import ConfigError
+    from digitlab.reader import combine
+
+    with pytest.raises(ConfigError, match="escalate_below=1.5 is not a probability"):
+        combine([quick_run, quick_run], tmp_path / "bad", escalate_below=1.5)
+
+
+def test_a_cascade_exports_to_onnx_with_the_same_answers(quick_run, tmp_path):
+    # torch.export cannot pick rows by value: the exported graph runs every member and selects
+    from digitlab.data import load_dataset
+    from digitlab.predict import Predictor
+    from digitlab.reader import combine
+
+    other = tmp_path / "other"
+    shutil.copytree(quick_run, other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["scaler"] = {"name": "unit", "max_value": 255.0}
+    (other / "model.json").write_text(json.dumps(meta))
+    combine([quick_run, other], tmp_path / "cascade", escalate_below=0.9)
+    x = load_dataset("mnist").test_images[:64]
+    torch_p = Predictor.from_run(tmp_path / "cascade").predict_proba(x)
+    onnx_p = Predictor.from_run(tmp_path / "cascade", runtime="onnx").predict_proba(x)
+    assert np.allclose(torch_p, onnx_p, atol=1e-4)
