@@ -71,7 +71,7 @@ import re
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -517,6 +517,24 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez(fh, **arrays)
 
 
+def _cached_derivation(kind: str, sources: tuple[np.ndarray, ...], keys: tuple[str, ...],
+                       compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``compute()``'s arrays, kept under ``<cache>/kind`` by the SHA-256 of ``sources``: derived
+    datasets are made once per set of source digits (rendering takes ~10-40 ms a digit)."""
+    digest = hashlib.sha256(b"".join(a.tobytes() for a in sources)).hexdigest()[:24]
+    npz = cache_dir() / kind / f"{digest}-seed0.npz"
+    try:
+        with np.load(npz) as saved:
+            return {key: saved[key] for key in keys}
+    except (OSError, ValueError, KeyError):
+        arrays = compute()
+        try:
+            atomic_write(npz, lambda p: _save_npz(p, **arrays))
+        except OSError:
+            pass  # a read-only cache only costs time
+        return arrays
+
+
 def _load_rendered(name: str, data_dir: str | Path | None) -> Dataset:
     """``name``'s training digits drawn on paper as photos and read back by ``preprocess``, cached once."""
     from digitlab.realism import render_through_preprocess
@@ -524,31 +542,28 @@ def _load_rendered(name: str, data_dir: str | Path | None) -> Dataset:
     base = load_dataset(name, data_dir)
     if base.train_images.shape[1:] != (28, 28) or base.max_value != 255:
         raise DatasetError(f"rendered:{name} needs 28x28 digits in 0..255, and {base.name} is not: use mnist or usps.")
-    digest = hashlib.sha256(base.train_images.tobytes()).hexdigest()[:24]
-    npz = cache_dir() / "rendered" / f"{digest}-seed0.npz"
-    try:
-        with np.load(npz) as saved:
-            images = saved["images"]
-    except (OSError, ValueError, KeyError):
-        images = render_through_preprocess(base.train_images, seed=0)
-        try:
-            atomic_write(npz, lambda p: _save_npz(p, images=images))
-        except OSError:
-            pass  # a read-only cache only costs time
+    images = _cached_derivation("rendered", (base.train_images,), ("images",), lambda: {
+        "images": render_through_preprocess(base.train_images, seed=0)})["images"]
     return Dataset(f"rendered:{base.name}", images, base.train_labels.copy(), base.test_images, base.test_labels,
                    list(base.classes), base.max_value)
 
 
 def _load_restyled(name: str, data_dir: str | Path | None) -> Dataset:
-    """``name``'s training 1s and 7s written the continental-European way (``realism.european_styles``)."""
+    """``name``'s training 1s and 7s written the continental-European way (``realism.european_styles``), cached."""
     from digitlab.realism import european_styles
 
     base = load_dataset(name, data_dir)
     if base.train_images.shape[1:] != (28, 28) or base.max_value != 255 or base.classes != DIGIT_CLASSES:
         raise DatasetError(f"restyled:{name} needs 28x28 digits 0-9 in 0..255, and {base.name} is not: "
                            "use mnist or usps.")
-    images, labels = european_styles(base.train_images, base.train_labels, seed=0)
-    return Dataset(f"restyled:{base.name}", images, labels, base.test_images, base.test_labels,
+
+    def restyle() -> dict[str, np.ndarray]:
+        images, labels = european_styles(base.train_images, base.train_labels, seed=0)
+        return {"images": images, "labels": labels}
+
+    arrays = _cached_derivation("restyled", (base.train_images, base.train_labels), ("images", "labels"),
+                                restyle)
+    return Dataset(f"restyled:{base.name}", arrays["images"], arrays["labels"], base.test_images, base.test_labels,
                    list(base.classes), base.max_value)
 
 
@@ -608,11 +623,6 @@ def _stratified_split(labels: np.ndarray, test_size: float | int, seed: int) -> 
     except OSError:
         pass  # a read-only cache only costs speed
     return train, test
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.savez would add ".npz" to a temp file's name
-        np.savez(fh, **arrays)
 
 
 def _sklearn_version() -> str:

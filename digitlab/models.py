@@ -784,15 +784,20 @@ def _exporting() -> bool:
     return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
 
 
-def build_ensemble(input_shape: Iterable[int], num_classes: int, members: list[dict[str, Any]],
-                   escalate_below: float | None = None) -> Ensemble:
-    """An ``Ensemble`` of registered models (``members``: their specs, as ``model.json`` stores them)."""
-    if len(members) < 2:
-        raise ConfigError(f"An ensemble needs two or more member models, got {len(members)}.")
+def ensemble_of(models: list[nn.Module], escalate_below: float | None = None) -> Ensemble:
+    """An ``Ensemble`` of models made by ``build_model`` (trained or not), with its ``.spec``."""
+    if len(models) < 2:
+        raise ConfigError(f"An ensemble needs two or more member models, got {len(models)}.")
     if escalate_below is not None and not 0.0 < escalate_below <= 1.0:
         raise ConfigError(f"escalate_below={escalate_below} is not a probability in (0, 1]: give e.g. 0.9, or none.")
-    built = [build_model(m["name"], tuple(m["input_shape"]), m["num_classes"], **m["options"]) for m in members]
-    model = Ensemble(built, escalate_below)
-    model.spec = {"name": "ensemble", "input_shape": list(input_shape), "num_classes": num_classes,
-                  "options": {}, "members": [b.spec for b in built], "escalate_below": escalate_below}
+    first = models[0].spec
+    model = Ensemble(models, escalate_below)
+    model.spec = {"name": "ensemble", "input_shape": list(first["input_shape"]), "num_classes": first["num_classes"],
+                  "options": {}, "members": [m.spec for m in models], "escalate_below": escalate_below}
     return model
+
+
+def build_ensemble(members: list[dict[str, Any]], escalate_below: float | None = None) -> Ensemble:
+    """An untrained ``Ensemble`` of registered models (``members``: their specs, as ``model.json`` stores them)."""
+    return ensemble_of([build_model(m["name"], tuple(m["input_shape"]), m["num_classes"], **m["options"])
+                        for m in members], escalate_below)

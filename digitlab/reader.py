@@ -139,7 +139,7 @@ def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path
     import torch
 
     from digitlab.data import Scaler
-    from digitlab.models import build_ensemble
+    from digitlab.models import ensemble_of
     from digitlab.runs import load_model, resolve_run, save_model
 
     paths = [resolve_run(r) for r in runs]
@@ -154,10 +154,7 @@ def combine(runs: list[str | Path], out: str | Path, validation_from: str | Path
                                "combine.")
         if meta["spec"]["input_shape"] != first["spec"]["input_shape"]:
             raise RunError(f"Run '{path}' takes another input shape than '{paths[0]}'.")
-    model = build_ensemble(first["spec"]["input_shape"], first["spec"]["num_classes"],
-                           [meta["spec"] for _, meta in loaded], escalate_below)
-    for member, (loaded_model, _) in zip(model.members, loaded, strict=True):
-        member.load_state_dict(loaded_model.state_dict())
+    model = ensemble_of([m for m, _ in loaded], escalate_below)
     max_value = float(first.get("max_value", 255))
     for i, (_, meta) in enumerate(loaded):
         a, b = Scaler.from_dict(meta["scaler"]).affine()

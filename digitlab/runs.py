@@ -76,8 +76,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         spec = meta["spec"]
         if spec["name"] == "ensemble":
-            model = build_ensemble(spec["input_shape"], spec["num_classes"], spec["members"],
-                                   spec.get("escalate_below"))
+            model = build_ensemble(spec["members"], spec.get("escalate_below"))
         else:
             model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_classes"], **spec["options"])
         state = load_file(str(weights_path))
