@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from digitlab.errors import ConfigError, ImageError
-from digitlab.fields.formats import Parsed, check_format, parse, parse_amount
-from digitlab.fields.segment import Box, Segment, segment_field
+from digitlab.fields.formats import Parsed, check_format, parse, parse_amount, parse_date
+from digitlab.fields.segment import SLASH_DOUBT, Box, Segment, segment_field
 from digitlab.predict import Predictor, shift_tta_proba
 
 # Field confidence below which a reading is marked for review unless the caller picks another
@@ -208,15 +208,16 @@ def read_field(
         dropped *= 1.0 - s.gap_doubt
         what = choice.get(i, "keep")
         if what == "drop":
-            dropped *= 1.0 - s.confidence
+            dropped *= 1.0 - (sum(q for _, q in s.readings) if s.readings else s.confidence)
         elif s.kind == "digit" or what == "digit":
             p = preds[i]
             conf = p.confidence * (1.0 - s.confidence if s.kind == "/" else 1.0)
             symbols.append(SymbolReading(p.name, "digit", conf, box, conf < predictor.threshold, p.top))
             shown.append(to_read.index(i))
         else:
-            kind_name = "space" if s.kind == " " else "separator"
-            symbols.append(SymbolReading(s.kind, kind_name, s.confidence, box, s.confidence < predictor.threshold))
+            char, conf = (s.kind, s.confidence) if what == "keep" else (what, dict(s.readings)[what])
+            kind_name = "space" if char == " " else "separator"
+            symbols.append(SymbolReading(char, kind_name, conf, box, conf < predictor.threshold))
     text = "".join(s.char for s in symbols)
     return FieldReading(text, symbols, predictor.threshold, inputs[shown] if shown else inputs[:0],
                         parse(text, kind, day_first), review, picture.size, dropped)
@@ -228,15 +229,16 @@ MAX_DOUBTS = 10
 DOUBT = 0.1
 
 
-def _fits(text: str, kind: str) -> bool:
-    """Whether ``text`` has the shape of its format with separators (a date's three groups, whether
-    or not the day exists; an amount's grouping and decimals). A date written as digits alone is
-    not a shape to aim for: reaching it would mean dropping every separator seen."""
+def _fits(text: str, kind: str) -> int:
+    """How well ``text`` fits its format: 2 when it has the shape of its format with separators (a
+    date's three groups, whether or not the day exists; an amount's grouping and decimals), 1 for
+    a date written as digits alone (``21112026``): a layout to fall back on, not to aim for, as
+    reaching it drops every separator seen; 0 otherwise."""
     if kind == "date":
-        return _DATE_SHAPE.fullmatch(text) is not None
+        return 2 if _DATE_SHAPE.fullmatch(text) is not None else int(parse_date(text).valid)
     if kind == "amount":
-        return parse_amount(text).valid
-    return True
+        return 2 * parse_amount(text).valid
+    return 2
 
 
 def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str) -> dict[int, str]:
@@ -253,8 +255,12 @@ def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str) -> di
         return {}
 
     def options(i: int) -> list[tuple[str, float]]:
-        p = min(max(segments[i].confidence, 1e-9), 1.0 - 1e-9)
-        other = ("digit", (1.0 - p) * preds[i].confidence) if segments[i].kind == "/" else ("drop", 1.0 - p)
+        s = segments[i]
+        if s.readings:  # each separator it may be, or a speck
+            rest = 1.0 - sum(q for _, q in s.readings)
+            return [("keep" if c == s.kind else c, q) for c, q in s.readings] + [("drop", max(rest, 1e-9))]
+        p = min(max(s.confidence, 1e-9), 1.0 - 1e-9)
+        other = ("digit", (1.0 - p) * preds[i].confidence) if s.kind == "/" else ("drop", 1.0 - p)
         return [("keep", p), other]
 
     def text_of(pick: dict[int, str]) -> str:
@@ -265,22 +271,34 @@ def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str) -> di
                 out.append(preds[i].name)
             elif what == "keep":
                 out.append(s.kind)
+            elif what != "drop":
+                out.append(what)
         return "".join(out)
 
     alone = {i: max(options(i), key=lambda o: o[1])[0] for i in doubts}
-    # Only a candidate whose other reading keeps at least DOUBT of the odds is open to the layout:
-    # a clear dot is never dropped to make a text fit (it makes the text invalid instead).
-    open_ = [i for i in doubts if min(q for _, q in options(i)) / sum(q for _, q in options(i)) >= DOUBT]
-    if kind not in ("date", "amount") or not open_ or len(open_) > MAX_DOUBTS or _fits(text_of(alone), kind):
+
+    # Only a reading that keeps at least DOUBT of the odds is open to the layout: a clear dot is
+    # never dropped to make a text fit (it makes the text invalid instead). A slash and the 1 it
+    # may be are settled by the date's layout from SLASH_DOUBT on: a date's separators are alike.
+    def open_options(i: int) -> list[tuple[str, float]]:
+        opts = options(i)
+        total = sum(q for _, q in opts)
+        bar = SLASH_DOUBT if segments[i].kind == "/" else DOUBT
+        return [o for o in opts if o[1] / total >= bar]
+
+    open_ = [i for i in doubts if len(open_options(i)) > 1]
+    if kind not in ("date", "amount") or not open_ or len(open_) > MAX_DOUBTS or _fits(text_of(alone), kind) == 2:
         return alone
-    best, best_score = alone, -math.inf
-    for combo in itertools.product(*(options(i) for i in open_)):
+    # The most likely choice among those that fit best.
+    best, best_key = alone, (_fits(text_of(alone), kind), -math.inf)
+    for combo in itertools.product(*(open_options(i) for i in open_)):
         score = sum(math.log(max(q, 1e-12)) for _, q in combo)
-        if score <= best_score:
+        if (2, score) <= best_key:
             continue
         pick = {**alone, **{i: what for i, (what, _) in zip(open_, combo, strict=True)}}
-        if _fits(text_of(pick), kind):
-            best, best_score = pick, score
+        fit = _fits(text_of(pick), kind)
+        if fit and (fit, score) > best_key:
+            best, best_key = pick, (fit, score)
     return best
 
 
