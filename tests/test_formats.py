@@ -41,6 +41,12 @@ def test_dates_month_first(text, iso):
     assert parse_date(text, day_first=False).value == iso
 
 
+def test_the_years_a_date_may_have_can_be_widened():
+    assert "outside 1900-2099" in parse_date("28.08.1798").reason
+    assert parse_date("28.08.1798", years=(1700, 2099)).value == "1798-08-28"
+    assert parse_date("01.01.1900").valid and parse_date("31.12.2099").valid
+
+
 def test_ambiguous_dates_follow_the_order_asked_for():
     assert parse_date("03.04.2026").value == "2026-04-03"
     assert parse_date("03.04.2026", day_first=False).value == "2026-03-04"
@@ -67,6 +73,8 @@ def test_ambiguous_dates_follow_the_order_asked_for():
         "",
         ".21.11.2026",
         "21.11.2026-",
+        "28.08.1798",  # a misread 1998: outside the years a check may have
+        "16.05.2237",
     ],
 )
 def test_invalid_dates_are_flagged_never_fixed(text):

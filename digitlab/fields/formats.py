@@ -9,7 +9,8 @@ is worse than one sent to a person.
   is a year: year, month, day), ``21 11 2026``, and the digits alone as a date box holds them
   (``211126``, ``21112026``). Day or month first as asked (``day_first``); the two separators must
   be the same. A two-digit year is 1969-2068 (the POSIX ``%y`` rule: 69-99 are 19xx, 00-68 20xx).
-  Valid only when the date exists (no 31.04, 29.02 only in leap years).
+  Valid only when the date exists (no 31.04, 29.02 only in leap years) and its year is within
+  ``YEARS`` (1900-2099: a check dated 1798 or 2237 is a misread year, not a date to pay).
 - **amount**: at most 2 decimals, so the decimal mark is the layout's last separator when 1 or 2
   digits (or ``-``/``--``: no cents) follow it; the other marks group thousands, in groups of
   exactly 3 digits: ``1.250,00``, ``1,250.00``, ``1 250,00``, ``1250,5``, ``250,-``, ``1.250``
@@ -29,6 +30,7 @@ from decimal import Decimal
 from digitlab.errors import ConfigError
 
 FORMATS = ("digits", "date", "amount")
+YEARS = (1900, 2099)  # the years a date may have (inclusive); ``parse_date(years=)`` for others
 SEPARATORS = ".,/-"
 
 
@@ -82,7 +84,7 @@ def _year(group: str) -> int:
     return y
 
 
-def parse_date(text: str, day_first: bool = True) -> Parsed:
+def parse_date(text: str, day_first: bool = True, years: tuple[int, int] = YEARS) -> Parsed:
     """``text`` as a calendar date (ISO ``YYYY-MM-DD``); see the module's docstring for the layouts."""
     s = text.strip()
     groups = re.split(r"([./\- ]+)", s)
@@ -110,6 +112,8 @@ def parse_date(text: str, day_first: bool = True) -> Parsed:
         value = dt.date(_year(y), int(m), int(d))
     except ValueError:
         return Parsed("date", None, f"'{text}' is not a date that exists ({'day' if day_first else 'month'} first).")
+    if not years[0] <= value.year <= years[1]:
+        return Parsed("date", None, f"'{text}' has the year {value.year}, outside {years[0]}-{years[1]}.")
     return Parsed("date", value.isoformat())
 
 

@@ -201,7 +201,7 @@ def read_field(
     else:
         probs = predictor.predict_proba(inputs)
     preds = dict(zip(to_read, predictor.explain_probs(probs), strict=True))
-    choice = _choose(segments, preds, kind)
+    choice = _choose(segments, preds, kind, day_first)
     symbols, shown, dropped = [], [], 1.0
     for i, s in enumerate(segments):
         box = tuple(int(v) for v in s.box)
@@ -229,19 +229,22 @@ MAX_DOUBTS = 10
 DOUBT = 0.1
 
 
-def _fits(text: str, kind: str) -> int:
-    """How well ``text`` fits its format: 2 when it has the shape of its format with separators (a
-    date's three groups, whether or not the day exists; an amount's grouping and decimals), 1 for
-    a date written as digits alone (``21112026``): a layout to fall back on, not to aim for, as
-    reaching it drops every separator seen; 0 otherwise."""
+def _fits(text: str, kind: str, day_first: bool = True) -> int:
+    """How well ``text`` fits its format: 3 for a valid date or amount written with separators,
+    2 for a date written as digits alone (``21112026``), 1 for a date's shape with separators but a
+    day that does not exist, 0 otherwise. A date's digits alone are a layout to fall back on, not
+    to aim for: reaching them drops every separator seen."""
     if kind == "date":
-        return 2 if _DATE_SHAPE.fullmatch(text) is not None else int(parse_date(text).valid)
+        shaped = _DATE_SHAPE.fullmatch(text) is not None
+        valid = parse_date(text, day_first=day_first).valid
+        return 3 if shaped and valid else 2 if valid else int(shaped)
     if kind == "amount":
-        return 2 * parse_amount(text).valid
-    return 2
+        return 3 * parse_amount(text).valid
+    return 3
 
 
-def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str) -> dict[int, str]:
+def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str, day_first: bool = True
+            ) -> dict[int, str]:
     """What each separator candidate is: kept ("keep"), not a separator after all ("drop": a speck;
     "digit": a slash candidate that is a slanted 1).
 
@@ -287,16 +290,19 @@ def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str) -> di
         return [o for o in opts if o[1] / total >= bar]
 
     open_ = [i for i in doubts if len(open_options(i)) > 1]
-    if kind not in ("date", "amount") or not open_ or len(open_) > MAX_DOUBTS or _fits(text_of(alone), kind) == 2:
+    if kind not in ("date", "amount") or not open_ or len(open_) > MAX_DOUBTS:
+        return alone
+    fit_alone = _fits(text_of(alone), kind, day_first)
+    if fit_alone == 3:
         return alone
     # The most likely choice among those that fit best.
-    best, best_key = alone, (_fits(text_of(alone), kind), -math.inf)
+    best, best_key = alone, (fit_alone, -math.inf)
     for combo in itertools.product(*(open_options(i) for i in open_)):
         score = sum(math.log(max(q, 1e-12)) for _, q in combo)
-        if (2, score) <= best_key:
+        if (3, score) <= best_key:
             continue
         pick = {**alone, **{i: what for i, (what, _) in zip(open_, combo, strict=True)}}
-        fit = _fits(text_of(pick), kind)
+        fit = _fits(text_of(pick), kind, day_first)
         if fit and (fit, score) > best_key:
             best, best_key = pick, (fit, score)
     return best
