@@ -383,8 +383,8 @@ def test_a_small_boxs_sides_are_removed():
 def test_the_separator_rule_tells_pieces_apart():
     # Pieces of check fields the rule was not fitted on (seed 7, not 5000-5007), labelled by the
     # generator's boxes, as digitlab.fields.learn labels its data.
-    from digitlab.fields import learn, random_check_field, segment
-    from digitlab.fields.segment import SYMBOL_CLASSES, symbol_probabilities
+    from digitlab.fields import learn, pieces, random_check_field
+    from digitlab.fields.separators import SYMBOL_CLASSES, symbol_probabilities
 
     ds = load_dataset("mnist")
     x, y = ds.train_images, ds.train_labels
@@ -393,11 +393,11 @@ def test_the_separator_rule_tells_pieces_apart():
     for k in range(16):
         f = random_check_field(x, y, rng, kind=("date", "amount")[k % 2])
         symbols = list(zip([c for c in f.text if c != " "], f.boxes, strict=True))
-        segment.TRACE = []
+        pieces.TRACE = []
         try:
             segment_field(f.image, separators="./- " if k % 2 == 0 else ".,- ")
         finally:
-            trace, segment.TRACE = segment.TRACE, None
+            trace, pieces.TRACE = pieces.TRACE, None
         for stage, box, feats in trace:
             if stage == "piece":
                 features.append(feats)

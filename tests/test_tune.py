@@ -219,3 +219,23 @@ def test_default_space_follows_the_model() -> None:
     assert set(logreg.dims) == {"lr", "batch_size", "weight_decay"}  # nothing to widen
     fast = default_space(TrainConfig(model="fast", model_options={"width": 24}))
     assert fast.dims["width"].choices == [12, 24, 48]
+
+
+def test_a_worker_between_two_trials_keeps_the_test_set_closed(tmp_path: Path) -> None:
+    # Another worker on the roll call (listed, no trial running at this moment): the best may still
+    # change, so this worker does not retrain; the last one to finish retrains once.
+    from digitlab.tune.storage import enlist_worker, other_workers, retire_worker
+
+    url = f"sqlite:///{tmp_path / 'roll.db'}"
+    study = optuna.create_study(storage=url, study_name="roll", direction="maximize")
+    other = enlist_worker(url, study)
+    assert other_workers(url, study) == 1
+    space, base = {"lr": "0.01..0.3"}, digits_base(tmp_path, epochs=1)
+    first = tune(space, base, n_trials=1, storage=url, study_name="roll", progress="quiet")
+    assert first.final_run is None and first.test_accuracy is None
+    assert any("still searching" in n for n in first.notes)
+    assert other_workers(url, study) == 1  # this worker took only its own marker off
+    retire_worker(url, other)
+    assert other_workers(url, study) == 0
+    last = tune(space, base, n_trials=1, storage=url, study_name="roll", progress="quiet")
+    assert last.final_run is not None and last.final_run.name == f"best-trial-{last.best_trial}"

@@ -1,6 +1,8 @@
 """Fields of handwritten symbols: the date and amount boxes of a bank check.
 
-- ``segment``: a field image -> one piece of ink per symbol (digits, separators, spaces).
+- ``segment``: a field image -> one piece of ink per symbol (digits, separators, spaces); its
+  ``separators`` (the learned separator rule, spaces) and ``pieces`` (``Segment``, shared geometry).
+- ``learn``: refits the learned rules on generated fields (a developer's tool).
 - ``synth``: the synthetic field generator (digits, dates and amounts in check-like layouts).
 - ``reading``: ``read_field`` (segment, classify, parse) and ``read_files`` for batches.
 - ``formats``: the date, amount and digits parsers.

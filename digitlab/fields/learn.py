@@ -1,8 +1,8 @@
 """Fitting the segmentation's learned rules on generated fields (a developer's tool, not run by the
-reader): ``python -m digitlab.fields.learn`` rewrites ``symbols.json`` beside ``segment.py``.
+reader): ``python -m digitlab.fields.learn`` rewrites ``symbols.json`` beside ``separators.py``.
 
 Fields are drawn by the generator (``synth``) from MNIST *training* digits with seeds the
-benchmarks never use, read with the bundled reader while ``segment.TRACE`` records each decision,
+benchmarks never use, read with the bundled reader while ``pieces.TRACE`` records each decision,
 and every traced piece is labelled by the generator's own symbol boxes. The fitted network is
 stored as plain numbers (no pickle); scikit-learn is needed only here.
 """
@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.fields import segment
-from digitlab.fields.segment import SYMBOL_CLASSES, Box
+from digitlab.fields import pieces, separators
+from digitlab.fields.pieces import Box
+from digitlab.fields.separators import SYMBOL_CLASSES
 
 SEEDS = range(5000, 5008)  # the benchmarks use seeds below 3000
 DIGIT_SEEDS = range(5100, 5106)
@@ -72,11 +73,11 @@ def collect(n: int, seeds: Sequence[int] = SEEDS, run: Any = None, digits: bool 
             else:
                 f = random_check_field(ds.train_images, ds.train_labels, rng, kind=kind)
             symbols = list(zip([c for c in f.text if c != " "], f.boxes, strict=True))
-            segment.TRACE = []
+            pieces.TRACE = []
             try:
                 read_field(predictor, f.image, format=kind)
             finally:
-                trace, segment.TRACE = segment.TRACE, None
+                trace, pieces.TRACE = pieces.TRACE, None
             for stage, box, features in trace:
                 if stage == "piece":
                     out["piece"].append((features, piece_label(box, symbols)))
@@ -115,14 +116,14 @@ def fit_split(rows: Sequence[tuple[list[float], bool]], c: float = 100.0) -> tup
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fields", type=int, default=250, help="generated fields per seed")
-    parser.add_argument("--out", default=str(Path(segment.__file__).with_name("symbols.json")))
+    parser.add_argument("--out", default=str(Path(separators.__file__).with_name("symbols.json")))
     args = parser.parse_args(argv)
     # 1. The separator rule, on the raw pieces (traced before any rule decides about them).
-    rule, segment._symbol_rule = segment._symbol_rule, lambda: None
+    rule, separators._symbol_rule = separators._symbol_rule, lambda: None
     try:
         rows = collect(args.fields)["piece"]
     finally:
-        segment._symbol_rule = rule
+        separators._symbol_rule = rule
     counts = {c: sum(r[1] == c for r in rows) for c in SYMBOL_CLASSES}
     spec = fit_symbols(rows)
     spec["fitted_on"] = (f"{len(rows)} pieces of {args.fields * len(SEEDS)} generated check fields "
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     tmp = Path(args.out + ".tmp")
     tmp.write_text(json.dumps(spec))
     tmp.replace(args.out)
-    segment._symbol_rule.cache_clear()
+    separators._symbol_rule.cache_clear()
     print(spec["fitted_on"])
     # 2. The split rule, with the new separator rule: check fields and rows of digits.
     splits = collect(args.fields)["split"] + collect(args.fields, seeds=DIGIT_SEEDS, digits=True)["split"]

@@ -23,7 +23,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digitlab.errors import ConfigError, ImageError
 from digitlab.fields.formats import Parsed, check_format, parse, parse_amount, parse_date
-from digitlab.fields.segment import SLASH_DOUBT, Box, Segment, segment_field
+from digitlab.fields.pieces import Box, Segment
+from digitlab.fields.segment import segment_field
+from digitlab.fields.separators import SLASH_DOUBT
 from digitlab.predict import Predictor, shift_tta_proba
 
 # Field confidence below which a reading is marked for review unless the caller picks another

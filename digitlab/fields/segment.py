@@ -1,64 +1,32 @@
 """Segmentation: a field image -> one piece of ink per symbol, left to right.
 
 Printed rule lines are removed (strokes crossing them are kept), connected components are found,
-pieces of a broken digit are merged, and touching digits are split along the least-ink path,
+separators are taken out (``separators``), pieces of a broken digit are merged, and touching
+digits are split along the least-ink path,
 choosing the cut whose two halves the classifier recognises most confidently. This module only
 sees a classifier as a function ``classify(list of ink crops) -> probabilities (N, K)``.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from digitlab.errors import ImageError
+from digitlab.fields import pieces
+from digitlab.fields.pieces import EIGHT, Box, Classify, Segment, box_gap, crop_box, union
+from digitlab.fields.separators import SEPARATOR_CHARS, take_separators, with_spaces
 from digitlab.preprocess import WORK_SIDE, extract_ink, load_grey, open_image
 
-Classify = Callable[[list[np.ndarray]], np.ndarray]
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (ends exclusive)
-_EIGHT = np.ones((3, 3), bool)
-SEPARATOR_CHARS = ".,/-"
-
-
-def crop_box(a: np.ndarray, level: float = 0.0) -> tuple[slice, slice]:
-    rows, cols = np.nonzero((a > level).any(axis=1))[0], np.nonzero((a > level).any(axis=0))[0]
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
+__all__ = ["SEPARATOR_CHARS", "Box", "Classify", "Segment", "crop_box", "field_ink", "reduction", "remove_frame",
+           "remove_rules", "segment_field"]
 
 
 # --- segmentation ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Segment:
-    """One digit's ink: its box in the field and the crop of its own pixels (light on black)."""
-
-    box: Box
-    ink: np.ndarray
-    merged: bool = False  # joined from pieces: not split again unless too wide for one digit
-    kind: str = "digit"  # or the separator it is: ". , / -", or " " (a space: the box is the gap)
-    confidence: float = 1.0  # a separator's or space's (a digit's comes from the classifier)
-    # The probability that a space was missed just before this piece (a gap nearly wide enough).
-    gap_doubt: float = 0.0
-    # A separator's readings: each separator it may be, with its probability (``kind`` is the first).
-    readings: tuple[tuple[str, float], ...] = ()
-
-    @property
-    def width(self) -> int:
-        return self.box[2] - self.box[0]
-
-    @property
-    def height(self) -> int:
-        return self.box[3] - self.box[1]
 
 
 def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
@@ -143,7 +111,7 @@ def _resting_strokes(
     if not stroke.any():
         return stroke
     # Keep only what joins a stroke leaving the band (not a thicker patch of the rule itself).
-    labels, _ = ndi.label((mask & ~removed) | stroke, _EIGHT)
+    labels, _ = ndi.label((mask & ~removed) | stroke, EIGHT)
     anchored = np.unique(labels[mask & ~line])
     return stroke & np.isin(labels, anchored[anchored > 0])
 
@@ -204,7 +172,7 @@ def field_ink(image: Any, name: str | None = None) -> tuple[np.ndarray, np.ndarr
         )
     ink, weak = remove_frame(ink, (ink > WEAK_INK) | strong)
     ink, weak = remove_rules(ink, weak)
-    labels, n = ndi.label(weak, _EIGHT)
+    labels, n = ndi.label(weak, EIGHT)
     hit = np.zeros(n + 1, bool)
     hit[labels[strong & weak]] = True
     hit[0] = False
@@ -222,20 +190,10 @@ def _segments_from_labels(ink: np.ndarray, labels: np.ndarray, keep: Sequence[in
     return out
 
 
-def _union(a: Segment, b: Segment) -> Segment:
-    x0, y0 = min(a.box[0], b.box[0]), min(a.box[1], b.box[1])
-    x1, y1 = max(a.box[2], b.box[2]), max(a.box[3], b.box[3])
-    crop = np.zeros((y1 - y0, x1 - x0), np.float32)
-    for s in (a, b):
-        region = crop[s.box[1] - y0 : s.box[3] - y0, s.box[0] - x0 : s.box[2] - x0]
-        np.maximum(region, s.ink, out=region)
-    return Segment((x0, y0, x1, y1), crop, merged=True)
-
-
 def _trim(seg: Segment) -> Segment | None:
     """Shrink a segment to its ink, dropping slivers a cut left behind (< 8% of the ink)."""
     m = seg.ink > 0.3
-    labels, n = ndi.label(m, _EIGHT)
+    labels, n = ndi.label(m, EIGHT)
     if n == 0:
         return None
     mass = ndi.sum(seg.ink, labels, index=np.arange(1, n + 1))
@@ -357,8 +315,8 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
         whole, halves = conf[0], conf[1:].reshape(-1, 2)
         best = int((halves[:, 0] * halves[:, 1]).argmax())
         features = _split_features(seg, unit, typical, (whole, *halves[best]), candidates[best])
-        if TRACE is not None and ratio <= MUST_SPLIT:
-            TRACE.append(("split", seg.box, features))
+        if pieces.TRACE is not None and ratio <= MUST_SPLIT:
+            pieces.TRACE.append(("split", seg.box, features))
         if ratio <= MUST_SPLIT and _logit(SPLIT_BIAS, SPLIT_WEIGHTS, features) <= 0:
             return [seg]
     left, right = candidates[best]
@@ -396,7 +354,7 @@ def segment_field(
     picture = open_image(image, name)
     factor = reduction(picture.size)
     ink, mask = field_ink(picture, name)
-    labels, n = ndi.label(mask, _EIGHT)
+    labels, n = ndi.label(mask, EIGHT)
     # Each component also takes the faint anti-aliased ink within 2 px of it.
     dist, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
     grown = np.where((dist <= 2) & (ink > 0), labels[iy, ix], 0)
@@ -407,7 +365,7 @@ def segment_field(
 
     marks: list[Segment] = []
     if set(separators) - {" "}:
-        segs, marks = _take_separators(segs, unit, separators)
+        segs, marks = take_separators(segs, unit, separators)
     # Specks first (so dirt is never merged into a digit), then pieces of one digit stacked
     # above one another and broken-off bars and tips, then what cannot be a digit: flat
     # leftovers of a rule, or pieces far above or below the row.
@@ -432,12 +390,12 @@ def segment_field(
         raise ImageError(f"{name or 'The field image'} holds no digits; use a picture of the written digits.")
     if classify is not None:
         out = _rejoin(out, unit, classify)
-    # A digit that might be a slash (``_take_separators``) and came through whole is a candidate.
+    # A digit that might be a slash (``take_separators``) and came through whole is a candidate.
     out = [Segment(s.box, s.ink, s.merged, "/", s.readings[0][1]) if s.kind == "digit" and s.readings else s
            for s in out]
     out = sorted(out + marks, key=lambda s: (s.box[0] + s.box[2]) / 2)
     if " " in separators:
-        out = _with_spaces(out, unit)
+        out = with_spaces(out, unit)
     return [_to_caller(s, factor, picture.size) for s in out]
 
 
@@ -449,224 +407,6 @@ def _to_caller(seg: Segment, factor: int, size: tuple[int, int]) -> Segment:
     x0, y0, x1, y1 = seg.box
     box = (x0 * factor, y0 * factor, min(size[0], x1 * factor), min(size[1], y1 * factor))
     return Segment(box, seg.ink, seg.merged, seg.kind, seg.confidence, seg.gap_doubt, seg.readings)
-
-
-# --- separators -----------------------------------------------------------------------------------
-
-
-def _sure(*margins: float, scale: float = 0.1) -> float:
-    """A confidence from how far a piece's measurements are inside a rule's bounds: the smallest
-    margin (in the rule's own units), through a logistic of width ``scale``."""
-    return float(1.0 / (1.0 + math.exp(-min(margins) / scale)))
-
-
-def _slant(seg: Segment) -> tuple[float, float]:
-    """The ink's main direction in degrees from the vertical (positive: leaning right, like '/')
-    and its thickness across that direction relative to its length (a straight stroke: small)."""
-    ys, xs = np.nonzero(seg.ink > 0.3)
-    if len(ys) < 3:
-        return 0.0, 1.0
-    w = seg.ink[ys, xs].astype(np.float64)
-    cov = np.cov(np.stack([xs, ys]).astype(np.float64), aweights=w)
-    values, vectors = np.linalg.eigh(cov)
-    vx, vy = vectors[:, 1]
-    if vy < 0:
-        vx, vy = -vx, -vy
-    angle = math.degrees(math.atan2(-vx, vy))  # '/': x falls as y (downwards) grows
-    return angle, math.sqrt(max(values[0], 0.0) / max(values[1], 1e-9))
-
-
-# A tall piece whose likeliest separator reading is a slash, with at least this probability, is
-# a slash candidate: the reader settles it against the digit it may also be (a slanted 1).
-SLASH_CANDIDATE = 0.2
-# A tall piece that reads as a digit but has at least this probability of being a slash stays open
-# to the date's layout (as long as it is still whole after merging and splitting).
-SLASH_DOUBT = 0.01
-# A piece is dropped as junk when the rule gives that at least this probability.
-JUNK = 0.8
-# ... and still a separator candidate (below even odds) when it has at least this probability of one.
-JUNK_DOUBT = 0.1
-
-
-def _piece_context(segs: list[Segment], unit: float) -> tuple[list[Segment], float, float, float] | None:
-    """The pieces a row's digits are made of (taller than 0.55 digit heights), the row's top and
-    baseline (medians of theirs) and the ink strength of its strokes (median 90th percentile)."""
-    body = [s for s in segs if s.height >= 0.55 * unit]
-    if not body:
-        return None
-    top = float(np.median([s.box[1] for s in body]))
-    base = float(np.median([s.box[3] for s in body]))
-    strength = float(np.median([np.percentile(s.ink[s.ink > 0], 90) for s in body]))
-    return body, top, base, strength
-
-
-def piece_features(seg: Segment, unit: float, top: float, base: float, strength: float,
-                   body: Sequence[Segment]) -> list[float]:
-    """What tells a separator from a digit's ink and from dirt, for ``SYMBOL_RULE``: the piece's
-    size, where it sits in the row (0: the row's top, 1: its baseline), its slant and thickness
-    across its direction, how much ink it holds and how dark it is against the row's strokes, and
-    how near its ink comes to a digit's (in digit heights, at most 1)."""
-    row = max(base - top, 1.0)
-    h, w = seg.height / unit, seg.width / unit
-    angle, thickness = _slant(seg)
-    on = seg.ink > 0
-    dark = float(np.percentile(seg.ink[on], 90)) / max(strength, 1e-6) if on.any() else 0.0
-    near = min((_ink_distance(seg, b) for b in body if b is not seg), default=math.inf)
-    others = [b for b in body if b is not seg]
-    # Where it stands between the digits: the gaps to the nearest digit ink left and right (a
-    # separator has one on each side) and the share of its width a digit's columns cover.
-    left = min((seg.box[0] - b.box[2] for b in others if b.box[0] < seg.box[0]), default=2 * unit) / unit
-    right = min((b.box[0] - seg.box[2] for b in others if b.box[2] > seg.box[2]), default=2 * unit) / unit
-    cover = max((min(seg.box[2], b.box[2]) - max(seg.box[0], b.box[0]) for b in others), default=0) / max(seg.width, 1)
-    return [
-        min(max(left, -1.0), 2.0), min(max(right, -1.0), 2.0), max(cover, 0.0),
-        h, w, math.log((w + 0.02) / (h + 0.02)),
-        ((seg.box[1] + seg.box[3]) / 2 - top) / row, (seg.box[3] - top) / row, (seg.box[1] - top) / row,
-        angle / 30, thickness, float(seg.ink.sum()) / unit**2,
-        float(seg.ink.sum()) / max(seg.height * seg.width, 1), dark, min(near / unit, 1.0),
-    ]
-
-
-# The classes of ``SYMBOL_RULE``: part of a digit, not ink of the writer (dirt, a rule's or box's
-# remnant, a printed sign), or a separator.
-SYMBOL_CLASSES = ("digit", "junk", ".", ",", "/", "-")
-
-
-@functools.lru_cache(maxsize=1)
-def _symbol_rule() -> dict[str, np.ndarray] | None:
-    path = Path(__file__).with_name("symbols.json")
-    if not path.exists():
-        return None
-    spec = json.loads(path.read_text())
-    return {k: np.asarray(spec[k], np.float64) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
-
-
-def symbol_probabilities(features: np.ndarray) -> np.ndarray:
-    """``SYMBOL_RULE``'s probabilities of ``SYMBOL_CLASSES`` for rows of ``piece_features``: a small
-    network (one hidden layer) fitted on pieces of generated check fields (``digitlab.fields.learn``),
-    stored as plain numbers in ``symbols.json`` beside this module."""
-    rule = _symbol_rule()
-    if rule is None:
-        raise ImageError("The separator rule (digitlab/fields/symbols.json) is missing; reinstall digitlab.")
-    x = (np.atleast_2d(features) - rule["mean"]) / rule["scale"]
-    hidden = np.maximum(x @ rule["w1"] + rule["b1"], 0.0)
-    logits = hidden @ rule["w2"] + rule["b2"]
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-# Tracing for fitting the rules (``digitlab.fields.learn``): when a list, each decision appends
-# (stage, box, features).
-TRACE: list[tuple[str, Box, list[float]]] | None = None
-
-
-def _take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[list[Segment], list[Segment]]:
-    """Split the pieces into digit ink and separators (of ``allowed``).
-
-    Each piece is classified by ``symbol_probabilities`` over a digit's ink, junk (dropped) and
-    the allowed separators; a slash is kept as a candidate from ``SLASH_CANDIDATE`` on (the reader
-    settles it against the slanted 1 it could also be). A separator separates: one before the first
-    digit or after the last is a speck (only a dash may end the field, after a decimal mark:
-    ``250,-``), and two pieces side by side with no digit between them are one separator broken in two.
-    """
-    context = _piece_context(segs, unit)
-    if context is None:
-        return segs, []
-    body, top, base, strength = context
-    index = [0, 1] + [2 + SEPARATOR_CHARS.index(c) for c in SEPARATOR_CHARS if c in allowed]
-    keep, marks = [], []
-    for s in segs:
-        features = piece_features(s, unit, top, base, strength, body)
-        if TRACE is not None:
-            TRACE.append(("piece", s.box, features))
-            if _symbol_rule() is None:  # fitting the rule for the first time
-                keep.append(s)
-                continue
-        p = symbol_probabilities(np.asarray(features))[0][index]
-        p = p / p.sum()
-        chars = [SYMBOL_CLASSES[i] for i in index]
-        seps = sorted(((c, float(q)) for c, q in zip(chars[2:], p[2:], strict=True)), key=lambda o: -o[1])
-        tall = s.height >= 0.6 * unit
-        if tall and "/" in chars and p[chars.index("/")] >= SLASH_CANDIDATE and seps[0][0] == "/":
-            # A slash or the slanted 1 it may be: the reader settles it (``reading._choose``).
-            marks.append(Segment(s.box, s.ink, False, "/", seps[0][1]))
-        elif tall and "/" in chars and p[chars.index("/")] >= SLASH_DOUBT:
-            # Most likely a digit, so it stays one; if it is still whole after merging and
-            # splitting it becomes a slash candidate the date's layout may take (``segment_field``).
-            s.readings = (("/", float(p[chars.index("/")])),)
-            keep.append(s)
-        elif seps and sum(q for _, q in seps) >= max(p[0], p[1]):
-            seps = [(c, q) for c, q in seps if c != "/"] or seps  # not a slash: it would be a candidate
-            marks.append(Segment(s.box, s.ink, False, seps[0][0], seps[0][1], readings=tuple(seps)))
-        elif p[1] >= JUNK:
-            # Dirt, most likely; one that may be a separator is left to the layout (a faint dot).
-            seps = [(c, q) for c, q in seps if c != "/" and q >= JUNK_DOUBT]
-            if seps:
-                marks.append(Segment(s.box, s.ink, False, seps[0][0], seps[0][1], readings=tuple(seps)))
-        else:
-            keep.append(s)
-    digits_x = sorted((b.box[0] + b.box[2]) / 2 for b in keep if b.height >= 0.55 * unit)
-    if not digits_x:
-        return segs, []
-    marks.sort(key=lambda m: m.box[0])
-    out: list[Segment] = []
-    for m in marks:
-        x = (m.box[0] + m.box[2]) / 2
-        before = sum(d < x for d in digits_x)
-        if out and sum(d < (out[-1].box[0] + out[-1].box[2]) / 2 for d in digits_x) == before:
-            prev = out[-1]
-            # A slash candidate may be a digit (a 1 before a dot): never merged; nor is "250,-".
-            if "/" not in (m.kind, prev.kind) and not (m.kind == "-" and prev.kind in ",."):
-                out[-1] = max(prev, m, key=lambda s: s.confidence)
-                continue
-        out.append(m)
-    after = [sum(d < (m.box[0] + m.box[2]) / 2 for d in digits_x) for m in out]
-    kept = [m for m, k in zip(out, after, strict=True) if 0 < k < len(digits_x)]
-    tail = [m for m, k in zip(out, after, strict=True) if k == len(digits_x)]
-    if [m.kind for m in tail] in (["-"], [",", "-"], [".", "-"]) and (len(tail) == 2 or
-                                                                    any(m.kind in ",." for m in kept)):
-        kept += tail  # "250,-": no cents
-    # A slash candidate out of place is a digit after all (a 1 opening the field).
-    keep += [Segment(m.box, m.ink) for m in out if m.kind == "/" and all(m is not k for k in kept)]
-    return keep, kept
-
-
-def _ink_distance(a: Segment, b: Segment) -> float:
-    """The smallest distance between the ink of two pieces (px), or infinity when their boxes are far."""
-    if _box_gap(a, b) > 20:
-        return math.inf
-    pa = np.argwhere(a.ink > 0) + (a.box[1], a.box[0])
-    pb = np.argwhere(b.ink > 0) + (b.box[1], b.box[0])
-    if not len(pa) or not len(pb):
-        return math.inf
-    d2 = ((pa[:, None, :] - pb[None, :, :]) ** 2).sum(axis=2)
-    return float(np.sqrt(d2.min()))
-
-
-# A gap from this share of the space bar on is a space candidate below even odds: the reader drops
-# it unless the format's layout needs it (a date's ``06 05 1997`` with narrow spaces).
-SPACE_CANDIDATE = 0.6
-
-
-def _with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
-    """Insert a space where the gap between two digits is much wider than the field's usual gap
-    between digits (groups of thousands, ``21 11 2026``), and a doubtful space (confidence under
-    0.5) where it is nearly that wide."""
-    gaps = [(b.box[0] - a.box[2]) / unit for a, b in zip(segs, segs[1:], strict=False)]
-    between_digits = [g for g, a, b in zip(gaps, segs, segs[1:], strict=False) if a.kind == b.kind == "digit"]
-    usual = float(np.median(between_digits)) if len(between_digits) >= 2 else 0.35
-    bar = max(0.6, 2.0 * usual)
-    out = [segs[0]]
-    for g, a, b in zip(gaps, segs, segs[1:], strict=False):
-        if a.kind == b.kind == "digit" and g >= SPACE_CANDIDATE * bar:
-            y0, y1 = min(a.box[1], b.box[1]), max(a.box[3], b.box[3])
-            box = (a.box[2], y0, b.box[0], y1)
-            out.append(Segment(box, np.zeros((0, 0), np.float32), False, " ", _sure((g - bar) / bar, scale=0.15)))
-        elif a.kind == b.kind == "digit":
-            b.gap_doubt = _sure((g - bar) / bar, scale=0.15)
-        out.append(b)
-    return out
 
 
 def _merge_stacked(segs: list[Segment], unit: float) -> list[Segment]:
@@ -684,19 +424,13 @@ def _merge_stacked(segs: list[Segment], unit: float) -> list[Segment]:
                 v_overlap = min(a.box[3], b.box[3]) - max(a.box[1], b.box[1])
                 stacked = overlap >= 0.5 * min(a.width, b.width) and v_overlap <= 0.5 * min(a.height, b.height)
                 if stacked and width <= 1.35 * unit and height <= 1.35 * unit:
-                    segs[i] = _union(a, b)
+                    segs[i] = union(a, b)
                     del segs[j]
                     merged = True
                     break
             if merged:
                 break
     return segs
-
-
-def _box_gap(a: Segment, b: Segment) -> float:
-    dx = max(a.box[0] - b.box[2], b.box[0] - a.box[2], 0)
-    dy = max(a.box[1] - b.box[3], b.box[1] - a.box[3], 0)
-    return math.hypot(dx, dy)
 
 
 def _absorb_fragments(segs: list[Segment], unit: float) -> list[Segment]:
@@ -714,9 +448,9 @@ def _absorb_fragments(segs: list[Segment], unit: float) -> list[Segment]:
             return segs
         i = min(frags, key=lambda k: segs[k].ink.sum())
         frag = segs.pop(i)
-        j = min(range(len(segs)), key=lambda k: _box_gap(frag, segs[k]))
-        if _box_gap(frag, segs[j]) <= 0.25 * unit:
-            segs[j] = _union(segs[j], frag)
+        j = min(range(len(segs)), key=lambda k: box_gap(frag, segs[k]))
+        if box_gap(frag, segs[j]) <= 0.25 * unit:
+            segs[j] = union(segs[j], frag)
 
 
 def _merge_broken(segs: list[Segment], unit: float, classify: Classify) -> list[Segment]:
@@ -734,10 +468,10 @@ def _merge_broken(segs: list[Segment], unit: float, classify: Classify) -> list[
         changed = False
         for i in sorted(range(len(segs)), key=lambda k: segs[k].ink.sum()):
             a = segs[i]
-            j = min((k for k in range(len(segs)) if k != i), key=lambda k: _box_gap(a, segs[k]))
+            j = min((k for k in range(len(segs)) if k != i), key=lambda k: box_gap(a, segs[k]))
             b = segs[j]
-            joined = _union(a, b)
-            if (a.box, b.box) in tried or _box_gap(a, b) > 0.2 * unit or joined.width > 1.35 * unit:
+            joined = union(a, b)
+            if (a.box, b.box) in tried or box_gap(a, b) > 0.2 * unit or joined.width > 1.35 * unit:
                 continue
             tried.add((a.box, b.box))
             pa, pb, pj = _confidence(classify, [a.ink, b.ink, joined.ink])
@@ -761,7 +495,7 @@ def _pair_features(a: Segment, b: Segment, unit: float, typical: float, conf: Se
     joined_w = max(a.box[2], b.box[2]) - min(a.box[0], b.box[0])
     small, big = sorted((a, b), key=lambda s: s.ink.sum())
     # Halves of one cut stroke (touching digits the splitter separated) touch each other.
-    one_piece = ndi.label(_union(a, b).ink > 0, _EIGHT)[1] == 1
+    one_piece = ndi.label(union(a, b).ink > 0, EIGHT)[1] == 1
     return [
         float(one_piece),
         pj - max(pa, pb), pj - min(pa, pb), min(pa, pb), pj,
@@ -784,7 +518,7 @@ def _rejoin(segs: list[Segment], unit: float, classify: Classify) -> list[Segmen
     """Join neighbours that read as one digit, the most certain pair first, until none does."""
     typical = float(np.median([s.ink.sum() for s in segs]))
     while len(segs) > 1:
-        pairs = [(segs[i], segs[i + 1], _union(segs[i], segs[i + 1])) for i in range(len(segs) - 1)]
+        pairs = [(segs[i], segs[i + 1], union(segs[i], segs[i + 1])) for i in range(len(segs) - 1)]
         conf = _confidence(classify, [s.ink for s in segs] + [j.ink for _, _, j in pairs])
         single, joined = conf[: len(segs)], conf[len(segs) :]
         scores = [

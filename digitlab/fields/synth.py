@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from digitlab.fields.segment import Box, crop_box
+from digitlab.fields.pieces import Box, crop_box
 
 SEPARATORS = ".,/-"
 # Synthetic ink colours (RGB): ballpoint blues and black pens.

@@ -59,7 +59,15 @@ from digitlab.tune.space import (
     parse_dimension,
     preset_config,
 )
-from digitlab.tune.storage import claim_final, hide_password, open_study, storage_url
+from digitlab.tune.storage import (
+    claim_final,
+    enlist_worker,
+    hide_password,
+    open_study,
+    other_workers,
+    retire_worker,
+    storage_url,
+)
 from digitlab.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -285,8 +293,12 @@ def tune(
         callbacks.append(optuna.study.MaxTrialsCallback(
             max_total_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
     if n_trials != 0:
-        study.optimize(_objective(space, base, prune), n_trials=n_trials, timeout=timeout,
-                       callbacks=callbacks, catch=(TrainingError,), gc_after_trial=False)
+        marker = enlist_worker(url, study)
+        try:
+            study.optimize(_objective(space, base, prune), n_trials=n_trials, timeout=timeout,
+                           callbacks=callbacks, catch=(TrainingError,), gc_after_trial=False)
+        finally:
+            retire_worker(url, marker)
 
     return _summarize(study, tune_dir, url, new_trials, final, reporter, force_final=n_trials == 0)
 
@@ -310,11 +322,13 @@ def _summarize(study: Any, tune_dir: Path, url: str, new_trials: list[int], fina
     best = study.best_trial
     final_run, test_acc = None, None
     running = [t for t in trials if t.state == TrialState.RUNNING]
-    if final and running and new_trials:
-        # Other workers are still searching: the best may change, so only the last worker to finish
-        # (or a later call with n_trials=0) looks at the test set.
+    others = other_workers(url, study) if final and new_trials else 0
+    if final and (running or others) and new_trials:
+        # Other workers are still searching (a trial running, or a worker between two trials): the best
+        # may change, so only the last worker to finish (or a later call with n_trials=0) looks at the
+        # test set.
         final = False
-        notes.append(f"{len(running)} trial(s) of other workers are still running: the last worker to finish "
+        notes.append(f"{max(len(running), others)} other worker(s) are still searching: the last worker to finish "
                      "retrains and tests the best trial (or run the command again with --n-trials 0).")
     recorded = study.user_attrs.get("final") or {}
     if final and recorded.get("trial") != best.number and not force_final and not claim_final(url, study, best):

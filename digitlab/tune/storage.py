@@ -1,9 +1,10 @@
 """Where a study lives: storage URLs (SQLite by default), SQLAlchemy storages made for several workers,
-opening a study, and the atomic claim of the best trial's retraining."""
+opening a study, the workers' roll call and the atomic claim of the best trial's retraining."""
 
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,44 @@ def claim_final(url: str, study: Any, best: Any) -> bool:
     except optuna.exceptions.DuplicatedStudyError:
         return False
     return True
+
+
+# A searching worker is listed as a marker study ``STUDY:worker-ID`` while its trials run, so a worker
+# that has finished can tell whether others will still add trials (between two trials a worker has
+# none running, and the best may still change).
+WORKER_MARK = ":worker-"
+
+
+def enlist_worker(url: str, study: Any) -> str | None:
+    """List this process as searching ``study``; the marker's name (None for a storage without studies
+    by name, where only running trials are seen)."""
+    import optuna
+
+    storage = rdb_storage(url)
+    if isinstance(storage, str):
+        return None
+    name = f"{study.study_name}{WORKER_MARK}{uuid.uuid4().hex[:12]}"
+    optuna.create_study(storage=storage, study_name=name)
+    return name
+
+
+def retire_worker(url: str, name: str | None) -> None:
+    """Take this process's marker off the roll call (it has run its trials)."""
+    import optuna
+
+    if name is not None:
+        try:
+            optuna.delete_study(study_name=name, storage=rdb_storage(url))
+        except KeyError:  # already gone
+            pass
+
+
+def other_workers(url: str, study: Any) -> int:
+    """How many other workers are still searching ``study`` (their markers are listed)."""
+    import optuna
+
+    storage = rdb_storage(url)
+    if isinstance(storage, str):
+        return 0
+    prefix = f"{study.study_name}{WORKER_MARK}"
+    return sum(n.startswith(prefix) for n in optuna.get_all_study_names(storage=storage))

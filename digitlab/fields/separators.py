@@ -1,0 +1,223 @@
+"""Separators: which pieces of a date or an amount are ``. , / -`` and where the spaces are.
+
+``take_separators`` classifies each piece with a learned rule (``symbol_probabilities``: digit ink,
+junk or a separator, fitted by ``digitlab.fields.learn``; the weights are ``symbols.json``) and
+keeps the doubtful ones as candidates for the reader to settle with the format's layout
+(``reading._choose``); ``with_spaces`` finds the spaces between digit groups.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.errors import ImageError
+from digitlab.fields import pieces
+from digitlab.fields.pieces import Segment, ink_distance
+
+SEPARATOR_CHARS = ".,/-"
+
+
+def _sure(*margins: float, scale: float = 0.1) -> float:
+    """A confidence from how far a piece's measurements are inside a rule's bounds: the smallest
+    margin (in the rule's own units), through a logistic of width ``scale``."""
+    return float(1.0 / (1.0 + math.exp(-min(margins) / scale)))
+
+
+def _slant(seg: Segment) -> tuple[float, float]:
+    """The ink's main direction in degrees from the vertical (positive: leaning right, like '/')
+    and its thickness across that direction relative to its length (a straight stroke: small)."""
+    ys, xs = np.nonzero(seg.ink > 0.3)
+    if len(ys) < 3:
+        return 0.0, 1.0
+    w = seg.ink[ys, xs].astype(np.float64)
+    cov = np.cov(np.stack([xs, ys]).astype(np.float64), aweights=w)
+    values, vectors = np.linalg.eigh(cov)
+    vx, vy = vectors[:, 1]
+    if vy < 0:
+        vx, vy = -vx, -vy
+    angle = math.degrees(math.atan2(-vx, vy))  # '/': x falls as y (downwards) grows
+    return angle, math.sqrt(max(values[0], 0.0) / max(values[1], 1e-9))
+
+
+# A tall piece whose likeliest separator reading is a slash, with at least this probability, is
+# a slash candidate: the reader settles it against the digit it may also be (a slanted 1).
+SLASH_CANDIDATE = 0.2
+# A tall piece that reads as a digit but has at least this probability of being a slash stays open
+# to the date's layout (as long as it is still whole after merging and splitting).
+SLASH_DOUBT = 0.01
+# A piece is dropped as junk when the rule gives that at least this probability.
+JUNK = 0.8
+# ... and still a separator candidate (below even odds) when it has at least this probability of one.
+JUNK_DOUBT = 0.1
+
+
+def _piece_context(segs: list[Segment], unit: float) -> tuple[list[Segment], float, float, float] | None:
+    """The pieces a row's digits are made of (taller than 0.55 digit heights), the row's top and
+    baseline (medians of theirs) and the ink strength of its strokes (median 90th percentile)."""
+    body = [s for s in segs if s.height >= 0.55 * unit]
+    if not body:
+        return None
+    top = float(np.median([s.box[1] for s in body]))
+    base = float(np.median([s.box[3] for s in body]))
+    strength = float(np.median([np.percentile(s.ink[s.ink > 0], 90) for s in body]))
+    return body, top, base, strength
+
+
+def piece_features(seg: Segment, unit: float, top: float, base: float, strength: float,
+                   body: Sequence[Segment]) -> list[float]:
+    """What tells a separator from a digit's ink and from dirt, for ``SYMBOL_RULE``: the piece's
+    size, where it sits in the row (0: the row's top, 1: its baseline), its slant and thickness
+    across its direction, how much ink it holds and how dark it is against the row's strokes, and
+    how near its ink comes to a digit's (in digit heights, at most 1)."""
+    row = max(base - top, 1.0)
+    h, w = seg.height / unit, seg.width / unit
+    angle, thickness = _slant(seg)
+    on = seg.ink > 0
+    dark = float(np.percentile(seg.ink[on], 90)) / max(strength, 1e-6) if on.any() else 0.0
+    near = min((ink_distance(seg, b) for b in body if b is not seg), default=math.inf)
+    others = [b for b in body if b is not seg]
+    # Where it stands between the digits: the gaps to the nearest digit ink left and right (a
+    # separator has one on each side) and the share of its width a digit's columns cover.
+    left = min((seg.box[0] - b.box[2] for b in others if b.box[0] < seg.box[0]), default=2 * unit) / unit
+    right = min((b.box[0] - seg.box[2] for b in others if b.box[2] > seg.box[2]), default=2 * unit) / unit
+    cover = max((min(seg.box[2], b.box[2]) - max(seg.box[0], b.box[0]) for b in others), default=0) / max(seg.width, 1)
+    return [
+        min(max(left, -1.0), 2.0), min(max(right, -1.0), 2.0), max(cover, 0.0),
+        h, w, math.log((w + 0.02) / (h + 0.02)),
+        ((seg.box[1] + seg.box[3]) / 2 - top) / row, (seg.box[3] - top) / row, (seg.box[1] - top) / row,
+        angle / 30, thickness, float(seg.ink.sum()) / unit**2,
+        float(seg.ink.sum()) / max(seg.height * seg.width, 1), dark, min(near / unit, 1.0),
+    ]
+
+
+# The classes of ``SYMBOL_RULE``: part of a digit, not ink of the writer (dirt, a rule's or box's
+# remnant, a printed sign), or a separator.
+SYMBOL_CLASSES = ("digit", "junk", ".", ",", "/", "-")
+
+
+@functools.lru_cache(maxsize=1)
+def _symbol_rule() -> dict[str, np.ndarray] | None:
+    path = Path(__file__).with_name("symbols.json")
+    if not path.exists():
+        return None
+    spec = json.loads(path.read_text())
+    return {k: np.asarray(spec[k], np.float64) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
+
+
+def symbol_probabilities(features: np.ndarray) -> np.ndarray:
+    """``SYMBOL_RULE``'s probabilities of ``SYMBOL_CLASSES`` for rows of ``piece_features``: a small
+    network (one hidden layer) fitted on pieces of generated check fields (``digitlab.fields.learn``),
+    stored as plain numbers in ``symbols.json`` beside this module."""
+    rule = _symbol_rule()
+    if rule is None:
+        raise ImageError("The separator rule (digitlab/fields/symbols.json) is missing; reinstall digitlab.")
+    x = (np.atleast_2d(features) - rule["mean"]) / rule["scale"]
+    hidden = np.maximum(x @ rule["w1"] + rule["b1"], 0.0)
+    logits = hidden @ rule["w2"] + rule["b2"]
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[list[Segment], list[Segment]]:
+    """Split the pieces into digit ink and separators (of ``allowed``).
+
+    Each piece is classified by ``symbol_probabilities`` over a digit's ink, junk (dropped) and
+    the allowed separators; a slash is kept as a candidate from ``SLASH_CANDIDATE`` on (the reader
+    settles it against the slanted 1 it could also be). A separator separates: one before the first
+    digit or after the last is a speck (only a dash may end the field, after a decimal mark:
+    ``250,-``), and two pieces side by side with no digit between them are one separator broken in two.
+    """
+    context = _piece_context(segs, unit)
+    if context is None:
+        return segs, []
+    body, top, base, strength = context
+    index = [0, 1] + [2 + SEPARATOR_CHARS.index(c) for c in SEPARATOR_CHARS if c in allowed]
+    keep, marks = [], []
+    for s in segs:
+        features = piece_features(s, unit, top, base, strength, body)
+        if pieces.TRACE is not None:
+            pieces.TRACE.append(("piece", s.box, features))
+            if _symbol_rule() is None:  # fitting the rule for the first time
+                keep.append(s)
+                continue
+        p = symbol_probabilities(np.asarray(features))[0][index]
+        p = p / p.sum()
+        chars = [SYMBOL_CLASSES[i] for i in index]
+        seps = sorted(((c, float(q)) for c, q in zip(chars[2:], p[2:], strict=True)), key=lambda o: -o[1])
+        tall = s.height >= 0.6 * unit
+        if tall and "/" in chars and p[chars.index("/")] >= SLASH_CANDIDATE and seps[0][0] == "/":
+            # A slash or the slanted 1 it may be: the reader settles it (``reading._choose``).
+            marks.append(Segment(s.box, s.ink, False, "/", seps[0][1]))
+        elif tall and "/" in chars and p[chars.index("/")] >= SLASH_DOUBT:
+            # Most likely a digit, so it stays one; if it is still whole after merging and
+            # splitting it becomes a slash candidate the date's layout may take (``segment_field``).
+            s.readings = (("/", float(p[chars.index("/")])),)
+            keep.append(s)
+        elif seps and sum(q for _, q in seps) >= max(p[0], p[1]):
+            seps = [(c, q) for c, q in seps if c != "/"] or seps  # not a slash: it would be a candidate
+            marks.append(Segment(s.box, s.ink, False, seps[0][0], seps[0][1], readings=tuple(seps)))
+        elif p[1] >= JUNK:
+            # Dirt, most likely; one that may be a separator is left to the layout (a faint dot).
+            seps = [(c, q) for c, q in seps if c != "/" and q >= JUNK_DOUBT]
+            if seps:
+                marks.append(Segment(s.box, s.ink, False, seps[0][0], seps[0][1], readings=tuple(seps)))
+        else:
+            keep.append(s)
+    digits_x = sorted((b.box[0] + b.box[2]) / 2 for b in keep if b.height >= 0.55 * unit)
+    if not digits_x:
+        return segs, []
+    marks.sort(key=lambda m: m.box[0])
+    out: list[Segment] = []
+    for m in marks:
+        x = (m.box[0] + m.box[2]) / 2
+        before = sum(d < x for d in digits_x)
+        if out and sum(d < (out[-1].box[0] + out[-1].box[2]) / 2 for d in digits_x) == before:
+            prev = out[-1]
+            # A slash candidate may be a digit (a 1 before a dot): never merged; nor is "250,-".
+            if "/" not in (m.kind, prev.kind) and not (m.kind == "-" and prev.kind in ",."):
+                out[-1] = max(prev, m, key=lambda s: s.confidence)
+                continue
+        out.append(m)
+    after = [sum(d < (m.box[0] + m.box[2]) / 2 for d in digits_x) for m in out]
+    kept = [m for m, k in zip(out, after, strict=True) if 0 < k < len(digits_x)]
+    tail = [m for m, k in zip(out, after, strict=True) if k == len(digits_x)]
+    if [m.kind for m in tail] in (["-"], [",", "-"], [".", "-"]) and (len(tail) == 2 or
+                                                                    any(m.kind in ",." for m in kept)):
+        kept += tail  # "250,-": no cents
+    # A slash candidate out of place is a digit after all (a 1 opening the field).
+    keep += [Segment(m.box, m.ink) for m in out if m.kind == "/" and all(m is not k for k in kept)]
+    return keep, kept
+
+
+# A gap from this share of the space bar on is a space candidate below even odds: the reader drops
+# it unless the format's layout needs it (a date's ``06 05 1997`` with narrow spaces).
+SPACE_CANDIDATE = 0.6
+
+
+def with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
+    """Insert a space where the gap between two digits is much wider than the field's usual gap
+    between digits (groups of thousands, ``21 11 2026``), and a doubtful space (confidence under
+    0.5) where it is nearly that wide."""
+    gaps = [(b.box[0] - a.box[2]) / unit for a, b in zip(segs, segs[1:], strict=False)]
+    between_digits = [g for g, a, b in zip(gaps, segs, segs[1:], strict=False) if a.kind == b.kind == "digit"]
+    usual = float(np.median(between_digits)) if len(between_digits) >= 2 else 0.35
+    bar = max(0.6, 2.0 * usual)
+    out = [segs[0]]
+    for g, a, b in zip(gaps, segs, segs[1:], strict=False):
+        if a.kind == b.kind == "digit" and g >= SPACE_CANDIDATE * bar:
+            y0, y1 = min(a.box[1], b.box[1]), max(a.box[3], b.box[3])
+            box = (a.box[2], y0, b.box[0], y1)
+            out.append(Segment(box, np.zeros((0, 0), np.float32), False, " ", _sure((g - bar) / bar, scale=0.15)))
+        elif a.kind == b.kind == "digit":
+            b.gap_doubt = _sure((g - bar) / bar, scale=0.15)
+        out.append(b)
+    return out
+
+
