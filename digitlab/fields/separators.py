@@ -163,11 +163,14 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
         elif seps and sum(q for _, q in seps) >= max(p[0], p[1]):
             seps = [(c, q) for c, q in seps if c != "/"] or seps  # not a slash: it would be a candidate
             marks.append(Segment(s.box, s.ink, False, seps[0][0], seps[0][1], readings=tuple(seps)))
-        elif p[1] >= JUNK:
-            # Dirt, most likely; one that may be a separator is left to the layout (a faint dot).
+        elif p[1] >= JUNK or p[0] < 0.5:
+            # Dirt more likely than a digit; one that may be a separator is left to the layout (a
+            # faint dot); the rest of the dirt is dropped, and a piece the rule is unsure of stays.
             seps = [(c, q) for c, q in seps if c != "/" and q >= JUNK_DOUBT]
             if seps:
                 marks.append(Segment(s.box, s.ink, False, seps[0][0], seps[0][1], readings=tuple(seps)))
+            elif p[1] < JUNK:
+                keep.append(s)
         else:
             keep.append(s)
     digits_x = sorted((b.box[0] + b.box[2]) / 2 for b in keep if b.height >= 0.55 * unit)
