@@ -408,3 +408,17 @@ def test_the_separator_rule_tells_pieces_apart():
     seps = [r for r, lab in zip(right, labels, strict=True) if lab in ".,/-"]
     assert len(seps) >= 20 and np.mean(seps) >= 0.9
     assert np.mean(right) >= 0.95
+
+
+def test_spaces_are_gaps_much_wider_than_the_usual_one():
+    from digitlab.fields.separators import with_spaces
+
+    unit, x, segs = 20.0, 0, []
+    for gap in (0, 6, 7, 24, 6, 7, 9):  # px: one space (1.2 digit heights) among gaps of ~0.3
+        x += gap
+        segs.append(Segment((x, 0, x + 14, 20), np.ones((20, 14), np.float32)))
+        x += 14
+    out = with_spaces(segs, unit)
+    spaces = [s for s in out if s.kind == " "]
+    assert len(spaces) == 1 and spaces[0].confidence >= 0.5 and spaces[0].box[0] == segs[2].box[2]
+    assert [s.kind for s in out].index(" ") == 3

@@ -1,5 +1,7 @@
 """Fitting the segmentation's learned rules on generated fields (a developer's tool, not run by the
-reader): ``python -m digitlab.fields.learn`` rewrites ``symbols.json`` beside ``separators.py``.
+reader): ``python -m digitlab.fields.learn`` rewrites ``symbols.json`` beside ``separators.py`` (the
+separator rule) and prints the split and space rules' weights (``segment.SPLIT_WEIGHTS``,
+``separators.GAP_WEIGHTS``); about 30 minutes.
 
 Fields are drawn by the generator (``synth``) from MNIST *training* digits with seeds the
 benchmarks never use, read with the bundled reader while ``pieces.TRACE`` records each decision,
@@ -53,7 +55,8 @@ def digits_inside(box: Box, symbols: Sequence[tuple[str, Box]]) -> int:
 def collect(n: int, seeds: Sequence[int] = SEEDS, run: Any = None, digits: bool = False) -> dict[str, list]:
     """Trace the reading of ``n`` generated check fields per seed (dates and amounts in turn; with
     ``digits``, rows of digits, every other one with 30% touching digits, tightly spaced) and label
-    each decision: {"piece": [(features, label)], "split": [(features, holds two)]}."""
+    each decision: {"piece": [(features, label)], "split": [(features, holds two)], "gap": [(features,
+    is a space)]}."""
     from digitlab.data import load_dataset
     from digitlab.fields.reading import read_field
     from digitlab.fields.synth import random_check_field, random_field
@@ -62,7 +65,7 @@ def collect(n: int, seeds: Sequence[int] = SEEDS, run: Any = None, digits: bool 
 
     predictor = Predictor.from_run(run) if run is not None else load_reader()
     ds = load_dataset("mnist")
-    out: dict[str, list] = {"piece": [], "split": []}
+    out: dict[str, list] = {"piece": [], "split": [], "gap": []}
     for seed in seeds:
         rng = np.random.default_rng(seed)
         for k in range(n):
@@ -73,6 +76,12 @@ def collect(n: int, seeds: Sequence[int] = SEEDS, run: Any = None, digits: bool 
             else:
                 f = random_check_field(ds.train_images, ds.train_labels, rng, kind=kind)
             symbols = list(zip([c for c in f.text if c != " "], f.boxes, strict=True))
+            spaces, k = [], 0  # each space's gap: from the symbol before it to the one after
+            for ch in f.text:
+                if ch == " ":
+                    spaces.append((f.boxes[k - 1][2], f.boxes[k][0]))
+                else:
+                    k += 1
             pieces.TRACE = []
             try:
                 read_field(predictor, f.image, format=kind)
@@ -83,6 +92,9 @@ def collect(n: int, seeds: Sequence[int] = SEEDS, run: Any = None, digits: bool 
                     out["piece"].append((features, piece_label(box, symbols)))
                 elif stage == "split":
                     out["split"].append((features, digits_inside(box, symbols) >= 2))
+                elif stage == "gap":
+                    middle = (box[0] + box[2]) / 2
+                    out["gap"].append((features, any(lo - 2 <= middle <= hi + 2 for lo, hi in spaces)))
     return out
 
 
@@ -104,7 +116,8 @@ def fit_symbols(rows: Sequence[tuple[list[float], str]], hidden: int = 32, seed:
 
 
 def fit_split(rows: Sequence[tuple[list[float], bool]], c: float = 100.0) -> tuple[list[float], float]:
-    """A logistic rule over ``_split_features``: (weights, bias) for ``SPLIT_WEIGHTS``/``SPLIT_BIAS``."""
+    """A logistic rule (weights, bias): over ``_split_features`` for ``segment.SPLIT_WEIGHTS``, over
+    ``gap_features`` for ``separators.GAP_WEIGHTS``."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.array([r[0] for r in rows], np.float64)
@@ -138,6 +151,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     weights, bias = fit_split(splits)
     print(f"{len(splits)} split decisions, {sum(r[1] for r in splits)} of them two digits:")
     print(f"SPLIT_WEIGHTS = {tuple(weights)}\nSPLIT_BIAS = {bias}")
+    # 3. The space rule, on the gaps between digits of the check fields.
+    gaps = collect(args.fields)["gap"]
+    weights, bias = fit_split(gaps, c=10.0)
+    print(f"{len(gaps)} gaps between digits, {sum(r[1] for r in gaps)} of them spaces:")
+    print(f"GAP_WEIGHTS = {tuple(weights)}\nGAP_BIAS = {bias}")
 
 
 if __name__ == "__main__":
