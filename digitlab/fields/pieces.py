@@ -4,7 +4,7 @@ small geometry both the segmentation (``segment``) and the separator rule (``sep
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +70,12 @@ def ink_distance(a: Segment, b: Segment) -> float:
         return math.inf
     d2 = ((pa[:, None, :] - pb[None, :, :]) ** 2).sum(axis=2)
     return float(np.sqrt(d2.min()))
+
+
+def logit(bias: float, weights: Sequence[float], features: Sequence[float]) -> float:
+    """A fitted logistic rule's score: above 0 means yes (two digits in a piece, one digit in two
+    pieces, a space in a gap)."""
+    return bias + sum(w * f for w, f in zip(weights, features, strict=True))
 
 
 # Tracing for fitting the rules (``digitlab.fields.learn``): when a list, each decision appends

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from digitlab.errors import ImageError
 from digitlab.fields import pieces
-from digitlab.fields.pieces import EIGHT, Box, Classify, Segment, box_gap, crop_box, union
+from digitlab.fields.pieces import EIGHT, Box, Classify, Segment, box_gap, crop_box, logit, union
 from digitlab.fields.separators import SEPARATOR_CHARS, take_separators, with_spaces
 from digitlab.preprocess import WORK_SIDE, extract_ink, load_grey, open_image
 
@@ -294,11 +294,6 @@ def _split_features(
     ]
 
 
-def _logit(bias: float, weights: Sequence[float], features: Sequence[float]) -> float:
-    """A fitted logistic rule's score: above 0 means yes (two digits in a piece; one digit in two)."""
-    return bias + sum(w * f for w, f in zip(weights, features, strict=True))
-
-
 def _split(seg: Segment, unit: float, classify: Classify | None, typical: float, depth: int = 0) -> list[Segment]:
     """Split a piece of touching digits, recursively, keeping the most confidently read cut.
     ``typical``: the ink of a typical digit of the field (see ``_split_features``)."""
@@ -317,7 +312,7 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
         features = _split_features(seg, unit, typical, (whole, *halves[best]), candidates[best])
         if pieces.TRACE is not None and ratio <= MUST_SPLIT:
             pieces.TRACE.append(("split", seg.box, features))
-        if ratio <= MUST_SPLIT and _logit(SPLIT_BIAS, SPLIT_WEIGHTS, features) <= 0:
+        if ratio <= MUST_SPLIT and logit(SPLIT_BIAS, SPLIT_WEIGHTS, features) <= 0:
             return [seg]
     left, right = candidates[best]
     return _split(left, unit, classify, typical, depth + 1) + _split(right, unit, classify, typical, depth + 1)
@@ -522,7 +517,7 @@ def _rejoin(segs: list[Segment], unit: float, classify: Classify) -> list[Segmen
         conf = _confidence(classify, [s.ink for s in segs] + [j.ink for _, _, j in pairs])
         single, joined = conf[: len(segs)], conf[len(segs) :]
         scores = [
-            _logit(
+            logit(
                 MERGE_BIAS, MERGE_WEIGHTS,
                 _pair_features(a, b, unit, typical, (single[i], single[i + 1], joined[i])),
             )

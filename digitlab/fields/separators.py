@@ -18,7 +18,7 @@ import numpy as np
 
 from digitlab.errors import ImageError
 from digitlab.fields import pieces
-from digitlab.fields.pieces import Segment, ink_distance
+from digitlab.fields.pieces import Segment, ink_distance, logit
 
 SEPARATOR_CHARS = ".,/-"
 
@@ -65,7 +65,7 @@ def _piece_context(segs: list[Segment], unit: float) -> tuple[list[Segment], flo
 
 def piece_features(seg: Segment, unit: float, top: float, base: float, strength: float,
                    body: Sequence[Segment]) -> list[float]:
-    """What tells a separator from a digit's ink and from dirt, for ``SYMBOL_RULE``: the piece's
+    """What tells a separator from a digit's ink and from dirt (``symbol_probabilities``): the piece's
     size, where it sits in the row (0: the row's top, 1: its baseline), its slant and thickness
     across its direction, how much ink it holds and how dark it is against the row's strokes, and
     how near its ink comes to a digit's (in digit heights, at most 1)."""
@@ -74,8 +74,8 @@ def piece_features(seg: Segment, unit: float, top: float, base: float, strength:
     angle, thickness = _slant(seg)
     on = seg.ink > 0
     dark = float(np.percentile(seg.ink[on], 90)) / max(strength, 1e-6) if on.any() else 0.0
-    near = min((ink_distance(seg, b) for b in body if b is not seg), default=math.inf)
     others = [b for b in body if b is not seg]
+    near = min((ink_distance(seg, b) for b in others), default=math.inf)
     # Where it stands between the digits: the gaps to the nearest digit ink left and right (a
     # separator has one on each side) and the share of its width a digit's columns cover.
     left = min((seg.box[0] - b.box[2] for b in others if b.box[0] < seg.box[0]), default=2 * unit) / unit
@@ -90,8 +90,8 @@ def piece_features(seg: Segment, unit: float, top: float, base: float, strength:
     ]
 
 
-# The classes of ``SYMBOL_RULE``: part of a digit, not ink of the writer (dirt, a rule's or box's
-# remnant, a printed sign), or a separator.
+# The classes of the separator rule (``symbol_probabilities``): part of a digit, not ink of the
+# writer (dirt, a rule's or box's remnant, a printed sign), or a separator.
 SYMBOL_CLASSES = ("digit", "junk", ".", ",", "/", "-")
 
 
@@ -105,7 +105,7 @@ def _symbol_rule() -> dict[str, np.ndarray] | None:
 
 
 def symbol_probabilities(features: np.ndarray) -> np.ndarray:
-    """``SYMBOL_RULE``'s probabilities of ``SYMBOL_CLASSES`` for rows of ``piece_features``: a small
+    """The separator rule's probabilities of ``SYMBOL_CLASSES`` for rows of ``piece_features``: a small
     network (one hidden layer) fitted on pieces of generated check fields (``digitlab.fields.learn``),
     stored as plain numbers in ``symbols.json`` beside this module."""
     rule = _symbol_rule()
@@ -133,16 +133,14 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
         return segs, []
     body, top, base, strength = context
     index = [0, 1] + [2 + SEPARATOR_CHARS.index(c) for c in SEPARATOR_CHARS if c in allowed]
+    features = [piece_features(s, unit, top, base, strength, body) for s in segs]
+    if pieces.TRACE is not None:
+        pieces.TRACE.extend(("piece", s.box, f) for s, f in zip(segs, features, strict=True))
+        if _symbol_rule() is None:  # fitting the rule for the first time
+            return segs, []
+    probs = symbol_probabilities(np.asarray(features))[:, index]
     keep, marks = [], []
-    for s in segs:
-        features = piece_features(s, unit, top, base, strength, body)
-        if pieces.TRACE is not None:
-            pieces.TRACE.append(("piece", s.box, features))
-            if _symbol_rule() is None:  # fitting the rule for the first time
-                keep.append(s)
-                continue
-        p = symbol_probabilities(np.asarray(features))[0][index]
-        p = p / p.sum()
+    for s, p in zip(segs, probs / probs.sum(axis=1, keepdims=True), strict=True):
         chars = [SYMBOL_CLASSES[i] for i in index]
         seps = sorted(((c, float(q)) for c, q in zip(chars[2:], p[2:], strict=True)), key=lambda o: -o[1])
         tall = s.height >= 0.6 * unit
@@ -220,8 +218,7 @@ def with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
             features = gap_features(g, usual)
             if pieces.TRACE is not None:
                 pieces.TRACE.append(("gap", (a.box[2], a.box[1], b.box[0], b.box[3]), features))
-            z = GAP_BIAS + sum(w * f for w, f in zip(GAP_WEIGHTS, features, strict=True))
-            p = float(1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0))))
+            p = float(1.0 / (1.0 + math.exp(-max(min(logit(GAP_BIAS, GAP_WEIGHTS, features), 50.0), -50.0))))
             if p >= SPACE_CANDIDATE:
                 box = (a.box[2], min(a.box[1], b.box[1]), b.box[0], max(a.box[3], b.box[3]))
                 out.append(Segment(box, np.zeros((0, 0), np.float32), False, " ", p))
