@@ -1,7 +1,7 @@
 """Fitting the segmentation's learned rules on generated fields (a developer's tool, not run by the
 reader): ``python -m digitlab.fields.learn`` rewrites ``symbols.json`` beside ``separators.py`` (the
 separator rule) and prints the split and space rules' weights (``segment.SPLIT_WEIGHTS``,
-``separators.GAP_WEIGHTS``); about 30 minutes.
+``separators.GAP_WEIGHTS``); about 25 minutes.
 
 Fields are drawn by the generator (``synth``) from MNIST *training* digits with seeds the
 benchmarks never use, read with the bundled reader while ``pieces.TRACE`` records each decision,
@@ -147,12 +147,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     separators._symbol_rule.cache_clear()
     print(spec["fitted_on"])
     # 2. The split rule, with the new separator rule: check fields and rows of digits.
-    splits = collect(args.fields)["split"] + collect(args.fields, seeds=DIGIT_SEEDS, digits=True)["split"]
+    checks = collect(args.fields)
+    splits = checks["split"] + collect(args.fields, seeds=DIGIT_SEEDS, digits=True)["split"]
     weights, bias = fit_split(splits)
     print(f"{len(splits)} split decisions, {sum(r[1] for r in splits)} of them two digits:")
     print(f"SPLIT_WEIGHTS = {tuple(weights)}\nSPLIT_BIAS = {bias}")
-    # 3. The space rule, on the gaps between digits of the check fields.
-    gaps = collect(args.fields)["gap"]
+    # 3. The space rule, on the gaps between digits of the same check fields.
+    gaps = checks["gap"]
     weights, bias = fit_split(gaps, c=10.0)
     print(f"{len(gaps)} gaps between digits, {sum(r[1] for r in gaps)} of them spaces:")
     print(f"GAP_WEIGHTS = {tuple(weights)}\nGAP_BIAS = {bias}")
