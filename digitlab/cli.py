@@ -123,7 +123,7 @@ _TRAIN_HELP = {
     "patience": "Epochs without improvement before stopping.",
     "restore_best": "With early stopping, end with the best epoch's weights.",
     "seed": "Random seed (same seed, same machine: same history).",
-    "threads": "CPU threads (default: all cores).",
+    "threads": "CPU threads (default: $OMP_NUM_THREADS when set, else all cores).",
     "device": "auto, cpu, cuda, cuda:N or mps.",
     "deterministic": "Ask torch for deterministic kernels (slower on GPUs).",
     "precision": "auto, fp32 or bf16 (auto: bf16 autocast where the CPU has native bf16; not bit-exact with fp32).",
@@ -566,7 +566,8 @@ def bench_train_command(
         None, "--max-seconds-per-recipe", help="Stop a recipe after this many training seconds."
     ),
     command: bool = typer.Option(True, "--command/--no-command", help="Also time the whole 'digitlab train'."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads of every recipe (default: all cores)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads of every recipe (default: $OMP_NUM_THREADS when set, else all cores)."),
     out: str | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -596,7 +597,8 @@ def bench_predict_command(
     batch_size: int = typer.Option(512, "--batch-size", help="Batch size of the batched measurement."),
     repeats: int = typer.Option(5, "--repeats", help="Passes over the test set (the median counts)."),
     latency_samples: int = typer.Option(300, "--latency-samples", help="Single images timed one by one."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads (default: $OMP_NUM_THREADS when set, else all cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Inference speed of a run through Predictor: images/second batched and single-image latency."""

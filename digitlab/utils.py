@@ -85,9 +85,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def set_threads(threads: int | None) -> int:
-    """Use ``threads`` intra-op threads (None or 0: all cores). Returns the number in use."""
-    if threads:
-        torch.set_num_threads(int(threads))
-    else:
-        torch.set_num_threads(os.cpu_count() or 1)
+    """Use ``threads`` intra-op threads; None or 0: ``$OMP_NUM_THREADS`` when it is set (as OpenMP
+    programs do, so a shell or a test runner that shares the cores out is obeyed), else all cores.
+    Returns the number in use."""
+    if not threads:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        threads = int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(int(threads))
     return torch.get_num_threads()

@@ -320,6 +320,33 @@ def test_body_over_5_mb_is_413_declared_or_streamed(client):
                              headers={"content-type": "image/png"}), 422, "invalid_image")
 
 
+def test_an_over_long_body_whose_last_part_has_come_is_answered_at_once():
+    """The guard reads the rest of an over-long body away, but not past its last part: a server's
+    receive() then waits for the client to hang up, which it does only once answered (a 6 MB body
+    in one part waited out the whole body timeout, 20 s, before its 413)."""
+    from digitlab.serving.guard import HttpGuard
+
+    async def app(scope, receive, send):  # reads the whole body, as the routes do
+        while (await receive()).get("more_body"):
+            pass
+
+    for parts in ([MAX_BODY_BYTES + 1], [MAX_BODY_BYTES // 2, MAX_BODY_BYTES // 2 + 2]):
+        messages = [{"type": "http.request", "body": b"\0" * n, "more_body": i < len(parts) - 1}
+                    for i, n in enumerate(parts)]
+        sent: list[dict] = []
+
+        async def receive():
+            if not messages:
+                raise AssertionError("receive() after the body's last part")
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(HttpGuard(app, body_timeout=600)({"type": "http", "headers": []}, receive, send))
+        assert sent[0]["status"] == 413 and b"body_too_large" in sent[1]["body"]
+
+
 def test_wrong_method_and_path_are_json(client):
     assert_error(client.get("/v1/predict"), 405, "method_not_allowed")
     assert_error(client.get("/v1/nothing"), 404, "not_found")

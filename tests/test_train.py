@@ -312,3 +312,22 @@ def test_fit_without_a_folder_repeats_train_and_its_hooks_stop_and_set_the_rate(
     fit(state.model, data, three, hooks, state)
     assert calls == [("start", 0), ("end", 1), ("start", 1), ("end", 2)] and state.stopped
     assert [r["lr"] for r in state.history] == [1e-3, 1e-3]
+
+
+def test_threads_default_to_omp_num_threads_then_all_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell or test runner that shares the cores out with OMP_NUM_THREADS is obeyed: two
+    spinning OpenMP threads per process on two busy cores cost 5-15x (docs/benchmarks.md)."""
+    from digitlab.utils import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(None) == 1
+        assert set_threads(2) == 2  # an explicit --threads wins
+        for unusable in ("", "0", "two"):
+            monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+            assert set_threads(None) == (os.cpu_count() or 1)
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads(0) == (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)

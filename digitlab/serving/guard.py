@@ -99,9 +99,9 @@ class HttpGuard:
                                 "seconds; send it faster or in a smaller file.") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                finished = not message.get("more_body", False)
                 if received > self.limit:
                     raise BodyAbort(413, "body_too_large", self._too_large)
-                finished = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: dict) -> None:
@@ -115,7 +115,9 @@ class HttpGuard:
         except BodyAbort as abort:
             if started:
                 raise
-            if abort.status == 413:
+            # The rest of an over-long body is read away; once its last part has come, a further
+            # receive() would wait for the client to hang up, which it does only after our answer.
+            if abort.status == 413 and not finished:
                 await self._discard(receive, deadline, received)
             await self._reply(send, abort.status, abort.error, abort.detail, True)
 
