@@ -47,7 +47,7 @@ def files(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
-@pytest.fixture(scope="session")  # once per worker: its group shares a worker with test_tune_workers, interleaved
+@pytest.fixture(scope="session")  # once per worker, however xdist orders the modules it is sent
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("ddp")
     cfg_file = tmp / "config.json"

@@ -15,7 +15,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "serve"
 pytestmark = pytest.mark.xdist_group("browser")
 
 
-@pytest.fixture(scope="session")  # once per worker: xdist interleaves this group with others
+@pytest.fixture(scope="session")  # once per worker, however xdist orders the modules it is sent
 def server(quick_run):
     from digitlab.loadtest import start_server, stop_server
 
@@ -43,7 +43,7 @@ def _driver(width: int, height: int, mobile: bool = False):
     return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
 
 
-@pytest.fixture(scope="session")  # once per worker: xdist interleaves this group with others
+@pytest.fixture(scope="session")  # once per worker, however xdist orders the modules it is sent
 def browser():
     driver = _driver(1280, 900)
     yield driver

@@ -44,7 +44,7 @@ def mnist() -> tuple[np.ndarray, np.ndarray]:
     return ds.test_images[:32], ds.test_labels[:32]
 
 
-@pytest.fixture(scope="session")  # once per worker: xdist interleaves this group with others
+@pytest.fixture(scope="session")  # once per worker, however xdist orders the modules it is sent
 def server(quick_run, tmp_path_factory):
     """One server process with one image worker process, a short body timeout and an access log."""
     log = tmp_path_factory.mktemp("serve-log") / "access.jsonl"
