@@ -335,12 +335,12 @@ def test_an_over_long_body_whose_last_part_has_come_is_answered_at_once():
                     for i, n in enumerate(parts)]
         sent: list[dict] = []
 
-        async def receive():
+        async def receive(messages=messages):
             if not messages:
                 raise AssertionError("receive() after the body's last part")
             return messages.pop(0)
 
-        async def send(message):
+        async def send(message, sent=sent):
             sent.append(message)
 
         asyncio.run(HttpGuard(app, body_timeout=600)({"type": "http", "headers": []}, receive, send))
