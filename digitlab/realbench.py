@@ -88,15 +88,11 @@ def _files_accuracy(predictor: Any, inks: np.ndarray, labels: np.ndarray, folder
 
 def accept_rates(correct: np.ndarray, confidence: np.ndarray, targets: tuple[float, ...] = (0.01, 0.001)
                  ) -> dict[str, float]:
-    """The largest share of fields that can be accepted (most confident first) with error <= each target."""
-    order = np.argsort(-confidence, kind="stable")
-    wrong = np.cumsum(~correct[order])
-    kept = np.arange(1, len(order) + 1)
-    out = {}
-    for t in targets:
-        ok = np.flatnonzero(wrong <= t * kept + 1e-12)
-        out[f"{t:.1%}"] = float((ok[-1] + 1) / len(order)) if len(ok) else 0.0
-    return out
+    """The largest share of fields that can be accepted (most confident first) with error <= each target,
+    keyed like ``'1.0%'`` (``fields.bench.operating_points``, which also gives the thresholds)."""
+    from digitlab.fields.bench import operating_points
+
+    return {f"{p['max_error']:.1%}": p["accept_rate"] for p in operating_points(confidence, correct, targets)}
 
 
 def _fields(predictor: Any, images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> dict[str, Any]:
