@@ -422,3 +422,24 @@ def test_spaces_are_gaps_much_wider_than_the_usual_one():
     spaces = [s for s in out if s.kind == " "]
     assert len(spaces) == 1 and spaces[0].confidence >= 0.5 and spaces[0].box[0] == segs[2].box[2]
     assert [s.kind for s in out].index(" ") == 3
+
+
+def _ring(h: int, w: int, cy: float, cx: float, r: float, width: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (np.abs(np.hypot(yy - cy, xx - cx) - r) <= width / 2).astype(np.float32)
+
+
+def test_touching_rings_are_cut_between_them_not_through_a_hole():
+    """Two 0s touching: a cut through the first one's hole leaves a 'C' that a classifier reads
+    confidently as 6. With a classifier equally sure of every crop only the loops can decide: the
+    cut must keep both holes."""
+    from digitlab.fields.pieces import Segment
+    from digitlab.fields.segment import _hole_area, _split
+
+    ink = np.maximum(_ring(30, 46, 15, 12, 10, 3), _ring(30, 46, 15, 33, 10, 3))
+    seg = Segment((0, 0, 46, 30), ink)
+    sure = lambda crops: np.tile(np.r_[0.99, np.full(9, 0.01 / 9)], (len(crops), 1))  # noqa: E731
+    left, right = _split(seg, 30.0, sure, float(ink.sum()) / 2, depth=6)  # one cut, not its halves' cuts
+    assert 20 <= left.box[2] <= 26 and 20 <= right.box[0] <= 26, (left.box, right.box)
+    assert _hole_area(left.ink) > 100 and _hole_area(right.ink) > 100
+    assert _hole_area(ink) == pytest.approx(_hole_area(left.ink) + _hole_area(right.ink), rel=0.1)

@@ -212,7 +212,8 @@ def _cuts(crop: np.ndarray, unit: float, count: int = 15) -> list[np.ndarray]:
 
     Each candidate starts from a column between 0.2 and w - 0.2 digit heights and follows the
     cheapest top-to-bottom path (one column sideways per row at most) within a band around it,
-    so slanted and touching strokes are cut where they are thinnest.
+    so slanted and touching strokes are cut where they are thinnest; where the crop has loops,
+    the same again with a loop's inside costing as much as ink.
     """
     h, w = crop.shape
     lo, hi = max(2, int(0.2 * unit)), w - max(2, int(0.2 * unit))
@@ -220,8 +221,17 @@ def _cuts(crop: np.ndarray, unit: float, count: int = 15) -> list[np.ndarray]:
         return []
     band = max(2, int(0.2 * unit))
     cost = crop + 0.05  # a little cost per step keeps paths straight through empty space
+    costs = [cost]
+    mask = crop > 0.3
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    if holes.any():
+        # The cheapest path often runs through a loop (two thin crossings) rather than along the
+        # contact of two round digits, where the strokes run parallel to the cut: paths that pay
+        # for crossing a hole as for ink are tried too.
+        costs.append(cost + holes)
     paths, masks = set(), []
-    for x in np.unique(np.linspace(lo, hi, num=min(count, hi - lo + 1)).round().astype(int)):
+    starts = np.unique(np.linspace(lo, hi, num=min(count, hi - lo + 1)).round().astype(int))
+    for cost, x in ((c, x) for c in costs for x in starts):
         a, b = max(0, x - band), min(w, x + band + 1)
         acc = cost[:, a:b].copy()
         back = np.zeros(acc.shape, np.int64)
@@ -308,7 +318,11 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
     else:
         conf = _confidence(classify, [seg.ink] + [p.ink for pair in candidates for p in pair])
         whole, halves = conf[0], conf[1:].reshape(-1, 2)
-        best = int((halves[:, 0] * halves[:, 1]).argmax())
+        # Only among the cuts that open the fewest loops: two touching digits keep their holes,
+        # a cut through a 0's hole leaves a 'C' that reads confidently as 6 (and '0' + '8' as 6 8).
+        lost = np.array([_hole_area(seg.ink) - _hole_area(a.ink) - _hole_area(b.ink) for a, b in candidates])
+        keep = lost <= lost.min() + HOLE_SLACK * unit * unit
+        best = int(np.where(keep, halves[:, 0] * halves[:, 1], -1.0).argmax())
         features = _split_features(seg, unit, typical, (whole, *halves[best]), candidates[best])
         if pieces.TRACE is not None and ratio <= MUST_SPLIT:
             pieces.TRACE.append(("split", seg.box, features))
@@ -316,6 +330,17 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
             return [seg]
     left, right = candidates[best]
     return _split(left, unit, classify, typical, depth + 1) + _split(right, unit, classify, typical, depth + 1)
+
+
+# How much more loop area (in square digit heights) a cut may open than the cut opening the least:
+# the lens between two overlapping 0s is small, a digit's own hole is not.
+HOLE_SLACK = 0.02
+
+
+def _hole_area(ink: np.ndarray) -> float:
+    """The area of the background enclosed by ink (the holes of 0, 6, 8, 9 and closed 4s), in pixels."""
+    mask = ink > 0.3
+    return float((ndi.binary_fill_holes(mask) & ~mask).sum())
 
 
 def _cut_ink(seg: Segment, parts: tuple[Segment, Segment]) -> float:
