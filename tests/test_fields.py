@@ -434,12 +434,12 @@ def test_touching_rings_are_cut_between_them_not_through_a_hole():
     confidently as 6. With a classifier equally sure of every crop only the loops can decide: the
     cut must keep both holes."""
     from digitlab.fields.pieces import Segment
-    from digitlab.fields.segment import _hole_area, _split
+    from digitlab.fields.segment import _holes, _split
 
     ink = np.maximum(_ring(30, 46, 15, 12, 10, 3), _ring(30, 46, 15, 33, 10, 3))
     seg = Segment((0, 0, 46, 30), ink)
     sure = lambda crops: np.tile(np.r_[0.99, np.full(9, 0.01 / 9)], (len(crops), 1))  # noqa: E731
     left, right = _split(seg, 30.0, sure, float(ink.sum()) / 2, depth=6)  # one cut, not its halves' cuts
     assert 20 <= left.box[2] <= 26 and 20 <= right.box[0] <= 26, (left.box, right.box)
-    assert _hole_area(left.ink) > 100 and _hole_area(right.ink) > 100
-    assert _hole_area(ink) == pytest.approx(_hole_area(left.ink) + _hole_area(right.ink), rel=0.1)
+    assert _holes(left.ink).sum() > 100 and _holes(right.ink).sum() > 100
+    assert _holes(ink).sum() == pytest.approx(_holes(left.ink).sum() + _holes(right.ink).sum(), rel=0.1)

@@ -222,8 +222,7 @@ def _cuts(crop: np.ndarray, unit: float, count: int = 15) -> list[np.ndarray]:
     band = max(2, int(0.2 * unit))
     cost = crop + 0.05  # a little cost per step keeps paths straight through empty space
     costs = [cost]
-    mask = crop > 0.3
-    holes = ndi.binary_fill_holes(mask) & ~mask
+    holes = _holes(crop)
     if holes.any():
         # The cheapest path often runs through a loop (two thin crossings) rather than along the
         # contact of two round digits, where the strokes run parallel to the cut: paths that pay
@@ -320,7 +319,8 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
         whole, halves = conf[0], conf[1:].reshape(-1, 2)
         # Only among the cuts that open the fewest loops: two touching digits keep their holes,
         # a cut through a 0's hole leaves a 'C' that reads confidently as 6 (and '0' + '8' as 6 8).
-        lost = np.array([_hole_area(seg.ink) - _hole_area(a.ink) - _hole_area(b.ink) for a, b in candidates])
+        loops = _holes(seg.ink).sum()
+        lost = np.array([loops - _holes(a.ink).sum() - _holes(b.ink).sum() for a, b in candidates])
         keep = lost <= lost.min() + HOLE_SLACK * unit * unit
         best = int(np.where(keep, halves[:, 0] * halves[:, 1], -1.0).argmax())
         features = _split_features(seg, unit, typical, (whole, *halves[best]), candidates[best])
@@ -337,10 +337,10 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
 HOLE_SLACK = 0.02
 
 
-def _hole_area(ink: np.ndarray) -> float:
-    """The area of the background enclosed by ink (the holes of 0, 6, 8, 9 and closed 4s), in pixels."""
+def _holes(ink: np.ndarray) -> np.ndarray:
+    """The background enclosed by ink: the holes of 0, 6, 8, 9 and closed 4s."""
     mask = ink > 0.3
-    return float((ndi.binary_fill_holes(mask) & ~mask).sum())
+    return ndi.binary_fill_holes(mask) & ~mask
 
 
 def _cut_ink(seg: Segment, parts: tuple[Segment, Segment]) -> float:
