@@ -568,11 +568,13 @@ def bench_robust(
     images, labels = ds.test_images[:limit], ds.test_labels[:limit]
 
     def proba(x: np.ndarray) -> np.ndarray:
-        return np.mean([p.predict_proba(x) for p in predictors], axis=0)
+        # A model whose model.json asks for shift TTA averages its shifts itself: not twice.
+        return np.mean([shift_tta_proba(p.predict_proba, x) if tta and not p.tta else p.predict_proba(x)
+                        for p in predictors], axis=0)
 
     accuracy = {}
     for name, x in robust_sets(images).items():
-        probs = shift_tta_proba(proba, x.numpy()) if tta else proba(x.numpy())
+        probs = proba(x.numpy())
         accuracy[name] = float((probs.argmax(1) == labels).mean())
     transformed = [v for k, v in accuracy.items() if k != "clean"]
     return {

@@ -139,6 +139,26 @@ def test_shift_tta_averages_five_passes():
     assert sum(np.array_equal(s, x) for s in passes) == 1  # the original once, four shifted copies
 
 
+def test_bench_robust_tta_does_not_shift_a_model_that_shifts_itself(quick_run, tmp_path, monkeypatch):
+    """--tta averages the 1-pixel shifts of the models that do not already do it (model.json "tta")."""
+    import shutil
+
+    import digitlab.bench as bench
+
+    tta_run = tmp_path / "tta"
+    shutil.copytree(quick_run, tta_run)
+    meta = json.loads((tta_run / "model.json").read_text())
+    (tta_run / "model.json").write_text(json.dumps({**meta, "tta": "shift"}))
+    calls = []
+    real = bench.shift_tta_proba
+    monkeypatch.setattr(bench, "shift_tta_proba", lambda f, x: calls.append(len(x)) or real(f, x))
+    own = bench.bench_robust(tta_run, tta=True, limit=50)
+    assert calls == [] and own["tta"]
+    assert own["accuracy"] == bench.bench_robust(tta_run, limit=50)["accuracy"]
+    both = bench.bench_robust([tta_run, quick_run], tta=True, limit=50)  # only the plain model is shifted here
+    assert calls == [50] * len(both["accuracy"])
+
+
 def test_bench_predict_and_robust_on_a_quick_run(quick_run):
     # The session's quick model (conftest), which the predict and serve tests train anyway.
     runner = CliRunner()
