@@ -159,6 +159,22 @@ def test_explain_run_writes_every_figure(runs, name, expected, tmp_path):
     assert sizes["saliency"][0] > 1000  # three panels side by side
 
 
+def test_explain_run_on_an_ensemble(runs, tmp_path):
+    """An ensemble run (reader.combine, as the bundled reader is made) explains like its first member:
+    that member's filters and maps, the ensemble's prediction and saliency."""
+    from digitlab.reader import combine
+
+    combine([runs["cnn"].path, runs["cnn"].path], tmp_path / "ens")
+    figures = explain.explain_run(tmp_path / "ens", image=5, out=tmp_path / "figures")
+    assert set(figures) == {"input", "weights", "feature_maps", "saliency"}
+    for path in figures.values():
+        _png_ok(path)
+    member = explain.feature_maps(runs["cnn"].model, _scaled(runs["cnn"], load_split(runs["cnn"].path, "test")[0][5]))
+    ens = Predictor.from_run(tmp_path / "ens")
+    assert np.allclose(explain.feature_maps(ens.model, _scaled(ens, load_split(ens.path, "test")[0][5])), member,
+                       atol=1e-5)
+
+
 def test_explain_run_default_folder_and_image_file(runs, digit, tmp_path):
     # A photo-like file: dark ink on white, larger than 28x28, goes through preprocess.
     path = tmp_path / "digit.png"
