@@ -43,7 +43,7 @@ from digitlab.utils import set_threads
 TARGETS = (0.98, 0.99, 0.995)
 QUICK_TARGETS = (0.80, 0.90, 0.95)
 QUICK_STEPS = 60  # optimizer steps per reference recipe in --quick mode
-QUICK_SUBSET = 4000  # training images in --quick mode (keeps the engine's final evaluation short)
+QUICK_SUBSET = 4000  # training images in --quick mode (also of the timed command: its final evaluation stays short)
 QUICK_TEST = 500  # test images evaluated during training in --quick mode (a smoke check: targets 80-95%)
 
 

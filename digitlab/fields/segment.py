@@ -9,6 +9,7 @@ sees a classifier as a function ``classify(list of ink crops) -> probabilities (
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -207,7 +208,7 @@ def _trim(seg: Segment) -> Segment | None:
     return Segment((x0 + sx.start, y0 + sy.start, x0 + sx.stop, y0 + sy.stop), ink[sy, sx])
 
 
-def _cuts(crop: np.ndarray, unit: float, count: int = 15) -> list[np.ndarray]:
+def _cuts(crop: np.ndarray, unit: float, holes: np.ndarray, count: int = 15) -> list[np.ndarray]:
     """Candidate cuts of ``crop`` into left and right: 'left' masks along least-ink paths.
 
     Each candidate starts from a column between 0.2 and w - 0.2 digit heights and follows the
@@ -222,17 +223,16 @@ def _cuts(crop: np.ndarray, unit: float, count: int = 15) -> list[np.ndarray]:
     band = max(2, int(0.2 * unit))
     cost = crop + 0.05  # a little cost per step keeps paths straight through empty space
     costs = [cost]
-    holes = _holes(crop)
-    if holes.any():
+    if holes.any():  # ``_holes(crop)``
         # The cheapest path often runs through a loop (two thin crossings) rather than along the
         # contact of two round digits, where the strokes run parallel to the cut: paths that pay
         # for crossing a hole as for ink are tried too.
         costs.append(cost + holes)
     paths, masks = set(), []
     starts = np.unique(np.linspace(lo, hi, num=min(count, hi - lo + 1)).round().astype(int))
-    for cost, x in ((c, x) for c in costs for x in starts):
+    for path_cost, x in itertools.product(costs, starts):
         a, b = max(0, x - band), min(w, x + band + 1)
-        acc = cost[:, a:b].copy()
+        acc = path_cost[:, a:b].copy()
         back = np.zeros(acc.shape, np.int64)
         for r in range(1, h):
             prev = acc[r - 1]
@@ -309,7 +309,8 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
     ratio = seg.width / max(unit, 1.0)
     if depth > 6 or ratio <= MAY_SPLIT or (classify is None and ratio <= MUST_SPLIT):
         return [seg]
-    candidates = [p for p in (_split_parts(seg, m) for m in _cuts(seg.ink, unit)) if p is not None]
+    loops = _holes(seg.ink)
+    candidates = [p for p in (_split_parts(seg, m) for m in _cuts(seg.ink, unit, loops)) if p is not None]
     if not candidates:
         return [seg]
     if classify is None:  # no classifier: the cut with the least ink across it
@@ -319,8 +320,7 @@ def _split(seg: Segment, unit: float, classify: Classify | None, typical: float,
         whole, halves = conf[0], conf[1:].reshape(-1, 2)
         # Only among the cuts that open the fewest loops: two touching digits keep their holes,
         # a cut through a 0's hole leaves a 'C' that reads confidently as 6 (and '0' + '8' as 6 8).
-        loops = _holes(seg.ink).sum()
-        lost = np.array([loops - _holes(a.ink).sum() - _holes(b.ink).sum() for a, b in candidates])
+        lost = np.array([loops.sum() - _holes(a.ink).sum() - _holes(b.ink).sum() for a, b in candidates])
         keep = lost <= lost.min() + HOLE_SLACK * unit * unit
         best = int(np.where(keep, halves[:, 0] * halves[:, 1], -1.0).argmax())
         features = _split_features(seg, unit, typical, (whole, *halves[best]), candidates[best])
