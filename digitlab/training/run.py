@@ -248,7 +248,10 @@ def _train(
     if not dd.is_main():
         dd.barrier()  # rank 0 evaluates and writes the run folder; then every rank returns it
         return Run.load(run_dir) if (run_dir / "metrics.json").is_file() else None
-    run = finish(run_dir, config, data, model, state.history, state.train_seconds, reporter)
+    # The last epoch's validation pass scored these very weights (same function, batch size and precision),
+    # unless early stopping restored others or ranks shared the pass: then finish scores them again.
+    val_probs = state.val_probs if not state.restored_best and dd.world_size() == 1 else None
+    run = finish(run_dir, config, data, model, state.history, state.train_seconds, reporter, val_probs)
     dd.barrier()
     return run
 
@@ -283,8 +286,10 @@ def _run_hooks(run_dir: Path, config: TrainConfig, data: TrainData, reporter: Re
 
 
 def finish(run_dir: Path, config: TrainConfig, data: TrainData, model: torch.nn.Module,
-           history: list[dict[str, float]], train_seconds: float, reporter: Reporter) -> Run:
-    """Final metrics on every split, the saved model, figures and the report; the finished Run."""
+           history: list[dict[str, float]], train_seconds: float, reporter: Reporter,
+           val_probs: torch.Tensor | None = None) -> Run:
+    """Final metrics on every split, the saved model, figures and the report; the finished Run.
+    ``val_probs``: the validation probabilities of ``model`` when the caller has them already."""
     from digitlab.evaluate import choose_threshold, evaluate_predictions  # scikit-learn: after training only
 
     t0 = time.perf_counter()
@@ -303,6 +308,8 @@ def finish(run_dir: Path, config: TrainConfig, data: TrainData, model: torch.nn.
         if name == "train":
             probs = predict_proba(model, x, data.scale, max(config.eval_batch_size, FINAL_TRAIN_EVAL_BATCH),
                                   bf16=use_bf16(config.precision, data.device))
+        elif name == "val" and val_probs is not None and len(val_probs) == len(y):
+            probs = val_probs
         else:
             probs = predict_proba(model, x, data.scale, config.eval_batch_size)
         probs_by_split[name] = probs
