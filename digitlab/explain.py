@@ -54,6 +54,16 @@ def model_kind(model: nn.Module) -> str:
     return "linear" if len(layers) == 1 else "mlp"
 
 
+def whose_layers(model: nn.Module) -> str:
+    """Whose layers the filter, mask and map figures show: '' for one model; for an ensemble (the bundled
+    reader) its first member's, which ``_weighted_layers`` meets first, and the figures say so."""
+    members = getattr(model, "members", None)
+    if members is None or len(members) < 2:
+        return ""
+    name = getattr(members[0], "spec", {}).get("name", type(members[0]).__name__)
+    return f" of member 1 of {len(members)} ({name})"
+
+
 def _input_hw(model: nn.Module, fallback: int) -> tuple[int, int]:
     spec = getattr(model, "spec", None)
     if spec:
@@ -285,16 +295,18 @@ def weights_figure(model: nn.Module, classes: list[str], path: str | Path) -> Pa
         return plots.image_grid(
             w[:n], [f"z{i + 1}" for i in range(n)], path, ncols=_unit_grid(n), cmap=DIVERGING, vmin=-v, vmax=v,
             colorbar=True, colorbar_label="weight from the pixel", cell=0.9,
-            suptitle=f"First-layer units as masks{shown}",
+            suptitle=f"First-layer units{whose_layers(model)} as masks{shown}",
         )
     f = first_layer_filters(model)
     n = min(len(f), MAX_TILES)
     v = _symmetric(f[:n])
     k = f.shape[-1]
+    whose = whose_layers(model)
     return plots.image_grid(
         _upscale(f[:n]), [f"f{i + 1}" for i in range(n)], path, ncols=min(8, n), cmap=DIVERGING, vmin=-v, vmax=v,
         colorbar=True, colorbar_label="kernel weight", cell=0.75,
-        suptitle=f"First-layer filters ({k}x{k}, {len(f)} in all)" if n < len(f) else f"First-layer filters ({k}x{k})",
+        suptitle=(f"First-layer filters{whose} ({k}x{k}, {len(f)} in all)" if n < len(f)
+                  else f"First-layer filters{whose} ({k}x{k})"),
     )
 
 
@@ -417,7 +429,7 @@ def feature_maps_figure(model: nn.Module, x: Any, path: str | Path, label: str =
         maps[:n], [f"f{i + 1}" for i in range(n)], path, ncols=min(8, n),
         cmap=DIVERGING if diverging else "viridis", vmin=-v if diverging else 0.0, vmax=v if diverging else hi,
         colorbar=True, colorbar_label="activation", cell=1.0,
-        suptitle=f"First-layer feature maps for {label} ({maps.shape[1]}x{maps.shape[2]})",
+        suptitle=f"First-layer feature maps{whose_layers(model)} for {label} ({maps.shape[1]}x{maps.shape[2]})",
     )
 
 

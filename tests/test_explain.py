@@ -171,6 +171,8 @@ def test_explain_run_on_an_ensemble(runs, tmp_path):
         _png_ok(path)
     member = explain.feature_maps(runs["cnn"].model, _scaled(runs["cnn"], load_split(runs["cnn"].path, "test")[0][5]))
     ens = Predictor.from_run(tmp_path / "ens")
+    assert explain.whose_layers(ens.model) == " of member 1 of 2 (cnn-small)"  # in the figures' titles
+    assert explain.whose_layers(runs["cnn"].model) == ""
     assert np.allclose(explain.feature_maps(ens.model, _scaled(ens, load_split(ens.path, "test")[0][5])), member,
                        atol=1e-5)
 
