@@ -871,7 +871,8 @@ def _as_numpy(x: Any) -> np.ndarray:
 
 
 def _pixel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel mean and population variance in float64: two passes over chunks keep memory flat."""
+    """Per-pixel mean and population variance in float64, over chunks so memory stays flat: exact integer
+    sums for 8-bit images, two float64 passes for anything else."""
     if len(x) == 0:
         raise ConfigError("Cannot fit a scaler on an empty training set: give it the training images.")
     if x.dtype.kind in "ui" and x.dtype.itemsize == 1 and len(x) < 2**22:

@@ -287,6 +287,7 @@ def weights_figure(model: nn.Module, classes: list[str], path: str | Path) -> Pa
             w, [str(c) for c in classes], path, ncols=5, cmap=DIVERGING, vmin=-v, vmax=v, colorbar=True,
             colorbar_label="weight", suptitle="Class templates: ink on red speaks for the class, on blue against",
         )
+    whose = whose_layers(model)
     if kind == "mlp":
         w = first_layer_masks(model)
         n = min(len(w), MAX_TILES)
@@ -295,13 +296,12 @@ def weights_figure(model: nn.Module, classes: list[str], path: str | Path) -> Pa
         return plots.image_grid(
             w[:n], [f"z{i + 1}" for i in range(n)], path, ncols=_unit_grid(n), cmap=DIVERGING, vmin=-v, vmax=v,
             colorbar=True, colorbar_label="weight from the pixel", cell=0.9,
-            suptitle=f"First-layer units{whose_layers(model)} as masks{shown}",
+            suptitle=f"First-layer units{whose} as masks{shown}",
         )
     f = first_layer_filters(model)
     n = min(len(f), MAX_TILES)
     v = _symmetric(f[:n])
     k = f.shape[-1]
-    whose = whose_layers(model)
     return plots.image_grid(
         _upscale(f[:n]), [f"f{i + 1}" for i in range(n)], path, ncols=min(8, n), cmap=DIVERGING, vmin=-v, vmax=v,
         colorbar=True, colorbar_label="kernel weight", cell=0.75,
