@@ -317,7 +317,8 @@ def test_boxes_are_in_the_callers_pixels_for_every_size(predictor, mnist_test):
 def _pieces(layout: str) -> tuple[list[Segment], dict[int, Any]]:
     """Segments for ``reading._choose`` from a layout: a digit reads as itself; '.' is a dot that
     may be a comma (0.7 / 0.25), ':' one that is nearly a comma (0.55 / 0.4), '_' a doubtful space
-    (0.3), '/' a clear slash, '?' a 1 that may be a slash (0.05)."""
+    (0.3), '/' a clear slash, '?' a 1 that may be a slash (0.05), '-' a clear dash, ';' a 1 that may be
+    a long comma (0.45)."""
     from types import SimpleNamespace
 
     segs, preds = [], {}
@@ -331,8 +332,13 @@ def _pieces(layout: str) -> tuple[list[Segment], dict[int, Any]]:
             segs.append(Segment(box, ink, kind=".", confidence=dot, readings=((".", dot), (",", 0.95 - dot))))
         elif ch == "_":
             segs.append(Segment(box, ink, kind=" ", confidence=0.3))
+        elif ch == "-":
+            segs.append(Segment(box, ink, kind="-", confidence=0.99, readings=(("-", 0.99),)))
+        elif ch == ";":
+            segs.append(Segment(box, ink, kind=",", confidence=0.45, may_be_digit=True))
+            preds[i] = SimpleNamespace(name="1", confidence=0.99)
         else:
-            segs.append(Segment(box, ink, kind="/", confidence=0.99 if ch == "/" else 0.05))
+            segs.append(Segment(box, ink, kind="/", confidence=0.99 if ch == "/" else 0.05, may_be_digit=True))
             preds[i] = SimpleNamespace(name="1", confidence=0.95)
     return segs, preds
 
@@ -361,6 +367,8 @@ def _chosen_text(layout: str, kind: str) -> str:
         ("21/11?26", "date", "21/11/26"),  # a date's separators are alike: the 1 is a slash
         ("21?11?26", "date", "21/11/26"),  # as digits no date (year 1126), as slashes one
         ("28.08.1798", "date", "28.08.1798"),  # a misread year is not fixed: it stays invalid
+        ("8;-", "amount", "8,-"),  # "81-" is no amount and the dash is clear: the long 1 is a comma
+        ("2;.50", "amount", "21.50"),  # the likelier reading fits: the 1 stays a digit
     ],
 )
 def test_the_layout_settles_doubtful_separators(layout, kind, text):
@@ -443,3 +451,41 @@ def test_touching_rings_are_cut_between_them_not_through_a_hole():
     assert 20 <= left.box[2] <= 26 and 20 <= right.box[0] <= 26, (left.box, right.box)
     assert _holes(left.ink).sum() > 100 and _holes(right.ink).sum() > 100
     assert _holes(ink).sum() == pytest.approx(_holes(left.ink).sum() + _holes(right.ink).sum(), rel=0.1)
+
+
+def test_a_crumb_touching_a_digit_joins_it_when_it_reads_better_and_a_lone_speck_goes():
+    # A faint 4's arm the ink mask cut off its stem (1 px apart) belongs to the digit when the digit then
+    # reads more confidently; the same crumb far from any digit is dirt. Before, both were dropped as
+    # specks and `74,00` read as `71,00`.
+    from digitlab.fields.segment import segment_field
+
+    def classify(crops):  # a stem alone is a doubtful 1 (0.5); with its arm a clear 4 (0.9)
+        return np.array([[0.9, 0.1] if c.shape[1] >= 12 else [0.5, 0.5] for c in crops])
+
+    paper = np.full((60, 200, 3), 240, np.uint8)
+    paper[8:50, 60:65] = 30  # the stem, 42 px: one digit height
+    paper[24:30, 50:59] = 30  # the arm, 9 x 6 px (under a quarter of a digit height), 1 px from the stem
+    paper[24:30, 150:159] = 30  # the same crumb 85 px from the stem
+    paper[8:50, 100:105] = 30  # a second digit so that the row has company
+    segs = segment_field(paper, classify)
+    assert len(segs) == 2
+    assert segs[0].box[0] <= 50 and segs[0].box[2] >= 65
+    assert all(s.box[2] <= 110 for s in segs)
+    assert segment_field(paper)[0].box[0] >= 60  # geometry alone cannot tell: every crumb goes
+
+
+def test_the_rows_lines_come_from_the_digit_beside_a_long_comma():
+    # "5,-": with two tall pieces a median is their mean, which put the row's baseline half-way down
+    # the comma and made the comma look like a digit; the taller piece is the digit.
+    from digitlab.fields.separators import _piece_context
+
+    digit = Segment((10, 10, 40, 50), np.ones((40, 30), np.float32))
+    comma = Segment((45, 30, 55, 56), np.ones((26, 10), np.float32))
+    _, top, base, _ = _piece_context([digit, comma], 40.0)
+    assert (top, base) == (10.0, 50.0)
+    twin = Segment((45, 14, 70, 52), np.ones((38, 25), np.float32))
+    _, top, base, _ = _piece_context([digit, twin], 40.0)
+    assert (top, base) == (12.0, 51.0)  # two digits alike in height: their medians (means), as before
+    third = Segment((60, 12, 90, 52), np.ones((40, 30), np.float32))
+    _, top, base, _ = _piece_context([digit, comma, third], 40.0)
+    assert (top, base) == (12.0, 52.0)  # three or more: the medians, as before

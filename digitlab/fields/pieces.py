@@ -34,6 +34,9 @@ class Segment:
     gap_doubt: float = 0.0
     # A separator's readings: each separator it may be, with its probability (``kind`` is the first).
     readings: tuple[tuple[str, float], ...] = ()
+    # A separator candidate that may also be a digit (a slanted 1 for a slash, a 1 for a long comma):
+    # the classifier reads it too, and the reader settles it with the format's layout.
+    may_be_digit: bool = False
 
     @property
     def width(self) -> int:

@@ -192,8 +192,8 @@ def read_field(
         return predictor.predict_proba(np.stack([ink_to_input(c, predictor.target) for c in crops]))
 
     segments = segment_field(picture, classify, name, FORMAT_SEPARATORS[kind])
-    # Slash candidates could also be digits (a slanted 1): they are classified as digits too.
-    to_read = [i for i, s in enumerate(segments) if s.kind in ("digit", "/")]
+    # Separator candidates that may be digits (a slanted 1, a long comma) are classified as digits too.
+    to_read = [i for i, s in enumerate(segments) if s.kind == "digit" or s.may_be_digit]
     inputs = (np.stack([ink_to_input(segments[i].ink, predictor.target) for i in to_read]) if to_read
               else np.zeros((0, *predictor.input_shape[1:]), np.uint8))
     if not len(inputs):
@@ -213,7 +213,7 @@ def read_field(
             dropped *= 1.0 - (sum(q for _, q in s.readings) if s.readings else s.confidence)
         elif s.kind == "digit" or what == "digit":
             p = preds[i]
-            conf = p.confidence * (1.0 - s.confidence if s.kind == "/" else 1.0)
+            conf = p.confidence * (1.0 - s.confidence if s.may_be_digit else 1.0)
             symbols.append(SymbolReading(p.name, "digit", conf, box, conf < predictor.threshold, p.top))
             shown.append(to_read.index(i))
         else:
@@ -265,7 +265,7 @@ def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str, day_f
             rest = 1.0 - sum(q for _, q in s.readings)
             return [("keep" if c == s.kind else c, q) for c, q in s.readings] + [("drop", max(rest, 1e-9))]
         p = min(max(s.confidence, 1e-9), 1.0 - 1e-9)
-        other = ("digit", (1.0 - p) * preds[i].confidence) if s.kind == "/" else ("drop", 1.0 - p)
+        other = ("digit", (1.0 - p) * preds[i].confidence) if s.may_be_digit else ("drop", 1.0 - p)
         return [("keep", p), other]
 
     def text_of(pick: dict[int, str]) -> str:
@@ -288,7 +288,7 @@ def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str, day_f
     def open_options(i: int) -> list[tuple[str, float]]:
         opts = options(i)
         total = sum(q for _, q in opts)
-        bar = SLASH_DOUBT if segments[i].kind == "/" else DOUBT
+        bar = SLASH_DOUBT if segments[i].may_be_digit else DOUBT
         return [o for o in opts if o[1] / total >= bar]
 
     open_ = [i for i in doubts if len(open_options(i)) > 1]

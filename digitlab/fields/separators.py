@@ -45,6 +45,9 @@ SLASH_CANDIDATE = 0.2
 # A tall piece that reads as a digit but has at least this probability of being a slash stays open
 # to the date's layout (as long as it is still whole after merging and splitting).
 SLASH_DOUBT = 0.01
+# A piece shorter than a digit that reads as one but has at least this probability of a comma
+# stays open to an amount's layout ("8,-" against "81").
+COMMA_DOUBT = 0.2
 # A piece is dropped as junk when the rule gives that at least this probability.
 JUNK = 0.8
 # ... and still a separator candidate (below even odds) when it has at least this probability of one.
@@ -57,9 +60,14 @@ def _piece_context(segs: list[Segment], unit: float) -> tuple[list[Segment], flo
     body = [s for s in segs if s.height >= 0.55 * unit]
     if not body:
         return None
-    top = float(np.median([s.box[1] for s in body]))
-    base = float(np.median([s.box[3] for s in body]))
-    strength = float(np.median([np.percentile(s.ink[s.ink > 0], 90) for s in body]))
+    # With two pieces a median is their mean, and a long comma beside a lone digit ("5,-") would
+    # pull the row down to half its height: of two pieces of unlike height the taller is the digit.
+    core = body
+    if len(body) == 2 and min(s.height for s in body) < 0.8 * max(s.height for s in body):
+        core = [max(body, key=lambda s: s.height)]
+    top = float(np.median([s.box[1] for s in core]))
+    base = float(np.median([s.box[3] for s in core]))
+    strength = float(np.median([np.percentile(s.ink[s.ink > 0], 90) for s in core]))
     return body, top, base, strength
 
 
@@ -146,7 +154,7 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
         tall = s.height >= 0.6 * unit
         if tall and "/" in chars and p[chars.index("/")] >= SLASH_CANDIDATE and seps[0][0] == "/":
             # A slash or the slanted 1 it may be: the reader settles it (``reading._choose``).
-            marks.append(Segment(s.box, s.ink, False, "/", seps[0][1]))
+            marks.append(Segment(s.box, s.ink, False, "/", seps[0][1], may_be_digit=True))
         elif tall and "/" in chars and p[chars.index("/")] >= SLASH_DOUBT:
             # Most likely a digit, so it stays one; if it is still whole after merging and
             # splitting it becomes a slash candidate the date's layout may take (``segment_field``).
@@ -164,6 +172,11 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
             elif p[1] < JUNK:
                 keep.append(s)
         else:
+            comma = p[chars.index(",")] if "," in chars else 0.0
+            if comma >= COMMA_DOUBT and s.height < 0.8 * unit:
+                # Most likely a digit (a long comma reads as a 1); if it stays whole it is a comma
+                # candidate the amount's layout may take, like a slash candidate (``segment_field``).
+                s.readings = ((",", float(comma)),)
             keep.append(s)
     digits_x = sorted((b.box[0] + b.box[2]) / 2 for b in keep if b.height >= 0.55 * unit)
     if not digits_x:
@@ -183,8 +196,9 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
     after = [sum(d < (m.box[0] + m.box[2]) / 2 for d in digits_x) for m in out]
     kept = [m for m, k in zip(out, after, strict=True) if 0 < k < len(digits_x)]
     tail = [m for m, k in zip(out, after, strict=True) if k == len(digits_x)]
-    if [m.kind for m in tail] in (["-"], [",", "-"], [".", "-"]) and (len(tail) == 2 or
-                                                                    any(m.kind in ",." for m in kept)):
+    last = max((b for b in keep if b.height >= 0.55 * unit), key=lambda b: b.box[0] + b.box[2])
+    after_mark = any(m.kind in ",." for m in kept) or bool(last.readings and last.readings[0][0] == ",")
+    if [m.kind for m in tail] in (["-"], [",", "-"], [".", "-"]) and (len(tail) == 2 or after_mark):
         kept += tail  # "250,-": no cents
     # A slash candidate out of place is a digit after all (a 1 opening the field).
     keep += [Segment(m.box, m.ink) for m in out if m.kind == "/" and all(m is not k for k in kept)]
