@@ -318,7 +318,7 @@ def _pieces(layout: str) -> tuple[list[Segment], dict[int, Any]]:
     """Segments for ``reading._choose`` from a layout: a digit reads as itself; '.' is a dot that
     may be a comma (0.7 / 0.25), ':' one that is nearly a comma (0.55 / 0.4), '_' a doubtful space
     (0.3), '/' a clear slash, '?' a 1 that may be a slash (0.05), '-' a clear dash, ';' a 1 that may be
-    a long comma (0.45)."""
+    a long comma (0.45), ' ' a clear space (0.99), '`' a gap beside it that is a space at 0.005."""
     from types import SimpleNamespace
 
     segs, preds = [], {}
@@ -330,8 +330,8 @@ def _pieces(layout: str) -> tuple[list[Segment], dict[int, Any]]:
         elif ch in ".:":
             dot = 0.7 if ch == "." else 0.55
             segs.append(Segment(box, ink, kind=".", confidence=dot, readings=((".", dot), (",", 0.95 - dot))))
-        elif ch == "_":
-            segs.append(Segment(box, ink, kind=" ", confidence=0.3))
+        elif ch in "_ `":
+            segs.append(Segment(box, ink, kind=" ", confidence={"_": 0.3, " ": 0.99, "`": 0.005}[ch]))
         elif ch == "-":
             segs.append(Segment(box, ink, kind="-", confidence=0.99, readings=(("-", 0.99),)))
         elif ch == ";":
@@ -369,6 +369,8 @@ def _chosen_text(layout: str, kind: str) -> str:
         ("28.08.1798", "date", "28.08.1798"),  # a misread year is not fixed: it stays invalid
         ("8;-", "amount", "8,-"),  # "81-" is no amount and the dash is clear: the long 1 is a comma
         ("2;.50", "amount", "21.50"),  # the likelier reading fits: the 1 stays a digit
+        ("19`08 2039", "date", "19 08 2039"),  # a date's spaces are alike: the gap beside a clear one
+        ("21 112026", "date", "21 112026"),  # but a clear space is never dropped to make a date fit
     ],
 )
 def test_the_layout_settles_doubtful_separators(layout, kind, text):
@@ -489,3 +491,19 @@ def test_the_rows_lines_come_from_the_digit_beside_a_long_comma():
     third = Segment((60, 12, 90, 52), np.ones((40, 30), np.float32))
     _, top, base, _ = _piece_context([digit, comma, third], 40.0)
     assert (top, base) == (12.0, 52.0)  # three or more: the medians, as before
+
+
+def test_beside_a_clear_space_a_narrower_gap_is_a_space_candidate():
+    from digitlab.fields.separators import SPACE_BESIDE, SPACE_CANDIDATE, with_spaces
+
+    def digit(x0):
+        return Segment((x0, 0, x0 + 20, 40), np.ones((40, 20), np.float32))
+
+    def spaces(xs):
+        return [s.confidence for s in with_spaces([digit(x) for x in xs], 40.0) if s.kind == " "]
+
+    # Gaps of 8 px between digits, one of 18 px (a space at 0.006) and, in the second row, one of 34 px
+    # (a clear space, 0.97): only beside that is the 18 px gap a candidate.
+    assert spaces([0, 28, 56, 94, 122]) == []
+    found = spaces([0, 28, 82, 110, 148, 176])
+    assert len(found) == 2 and max(found) >= 0.9 and SPACE_BESIDE <= min(found) < SPACE_CANDIDATE

@@ -25,7 +25,7 @@ from digitlab.errors import ConfigError, ImageError
 from digitlab.fields.formats import Parsed, check_format, parse, parse_amount, parse_date
 from digitlab.fields.pieces import Box, Segment
 from digitlab.fields.segment import segment_field
-from digitlab.fields.separators import SLASH_DOUBT
+from digitlab.fields.separators import SLASH_DOUBT, SPACE_BESIDE
 from digitlab.predict import Predictor, shift_tta_proba
 
 # Field confidence below which a reading is marked for review unless the caller picks another
@@ -284,12 +284,15 @@ def _choose(segments: Sequence[Segment], preds: dict[int, Any], kind: str, day_f
 
     # Only a reading that keeps at least DOUBT of the odds is open to the layout: a clear dot is
     # never dropped to make a text fit (it makes the text invalid instead). A slash and the 1 it
-    # may be are settled by the date's layout from SLASH_DOUBT on: a date's separators are alike.
+    # may be are settled by the date's layout from SLASH_DOUBT on: a date's separators are alike. So
+    # are its spaces: a gap beside a clear space may be taken for one from SPACE_BESIDE on (never the
+    # other way: a clear space is not dropped).
     def open_options(i: int) -> list[tuple[str, float]]:
         opts = options(i)
         total = sum(q for _, q in opts)
         bar = SLASH_DOUBT if segments[i].may_be_digit else DOUBT
-        return [o for o in opts if o[1] / total >= bar]
+        space = segments[i].kind == " "
+        return [o for o in opts if o[1] / total >= bar or (space and o[0] == "keep" and o[1] / total >= SPACE_BESIDE)]
 
     open_ = [i for i in doubts if len(open_options(i)) > 1]
     if kind not in ("date", "amount") or not open_ or len(open_) > MAX_DOUBTS:

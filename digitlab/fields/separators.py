@@ -212,6 +212,10 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
 GAP_WEIGHTS = (10.4, 0.11, 10.29, 0.2)
 GAP_BIAS = -12.81
 SPACE_CANDIDATE = 0.1
+# A date's separators are alike: beside a clear space, a gap the rule gives at least this is a space
+# candidate too (`19 08 2039` read as `1908 2039`, its second space at 0.005), open to the layout
+# (``reading._choose``), which takes it only when the text does not fit without it.
+SPACE_BESIDE = 0.002
 
 
 def gap_features(gap: float, usual: float) -> list[float]:
@@ -222,21 +226,27 @@ def gap_features(gap: float, usual: float) -> list[float]:
 
 def with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
     """Insert a space where the gap between two digits is a space by ``GAP_WEIGHTS`` (groups of
-    thousands, ``21 11 2026``), a doubtful one (confidence under 0.5) from ``SPACE_CANDIDATE`` on."""
+    thousands, ``21 11 2026``), a doubtful one (confidence under 0.5) from ``SPACE_CANDIDATE`` on, and
+    from ``SPACE_BESIDE`` on in a field that already has a clear space."""
     gaps = [(b.box[0] - a.box[2]) / unit for a, b in zip(segs, segs[1:], strict=False)]
     between_digits = [g for g, a, b in zip(gaps, segs, segs[1:], strict=False) if a.kind == b.kind == "digit"]
     usual = float(np.median(between_digits)) if len(between_digits) >= 2 else 0.35
-    out = [segs[0]]
+    odds: list[float | None] = []
     for g, a, b in zip(gaps, segs, segs[1:], strict=False):
         if a.kind == b.kind == "digit":
             features = gap_features(g, usual)
             if pieces.TRACE is not None:
                 pieces.TRACE.append(("gap", (a.box[2], a.box[1], b.box[0], b.box[3]), features))
-            p = float(1.0 / (1.0 + math.exp(-max(min(logit(GAP_BIAS, GAP_WEIGHTS, features), 50.0), -50.0))))
-            if p >= SPACE_CANDIDATE:
-                box = (a.box[2], min(a.box[1], b.box[1]), b.box[0], max(a.box[3], b.box[3]))
-                out.append(Segment(box, np.zeros((0, 0), np.float32), False, " ", p))
-            else:
-                b.gap_doubt = p
+            odds.append(float(1.0 / (1.0 + math.exp(-max(min(logit(GAP_BIAS, GAP_WEIGHTS, features), 50.0), -50.0)))))
+        else:
+            odds.append(None)
+    bar = SPACE_BESIDE if any(p is not None and p >= 0.5 for p in odds) else SPACE_CANDIDATE
+    out = [segs[0]]
+    for p, a, b in zip(odds, segs, segs[1:], strict=False):
+        if p is not None and p >= bar:
+            box = (a.box[2], min(a.box[1], b.box[1]), b.box[0], max(a.box[3], b.box[3]))
+            out.append(Segment(box, np.zeros((0, 0), np.float32), False, " ", p))
+        elif p is not None:
+            b.gap_doubt = p
         out.append(b)
     return out
