@@ -507,3 +507,43 @@ def test_beside_a_clear_space_a_narrower_gap_is_a_space_candidate():
     assert spaces([0, 28, 56, 94, 122]) == []
     found = spaces([0, 28, 82, 110, 148, 176])
     assert len(found) == 2 and max(found) >= 0.9 and SPACE_BESIDE <= min(found) < SPACE_CANDIDATE
+
+
+def test_spaces_are_found_beside_a_1_that_may_be_a_slash_and_through_a_speck_but_not_a_dot():
+    from digitlab.fields.separators import with_spaces
+
+    def digit(x0):
+        return Segment((x0, 0, x0 + 20, 40), np.ones((40, 20), np.float32))
+
+    def mark(x0, kind, p, may_be_digit=False):
+        readings = () if may_be_digit else ((kind, p),)
+        return Segment((x0, 28, x0 + 6, 34), np.ones((6, 6), np.float32), False, kind, p, readings=readings,
+                       may_be_digit=may_be_digit)
+
+    def spaces(segs):
+        out = with_spaces(segs, 40.0)
+        return [(i, round(s.confidence, 3)) for i, s in enumerate(out) if s.kind == " "]
+
+    # `24 10`: the 1 after the 34 px gap is a slash candidate more likely a 1; the gap is still a space.
+    one = Segment((82, 0, 90, 40), np.ones((40, 8), np.float32), False, "/", 0.05, may_be_digit=True)
+    found = spaces([digit(0), digit(28), one, digit(98)])
+    assert [i for i, _ in found] == [2] and found[0][1] >= 0.9
+    # A speck (a dot at 0.15) in a 40 px gap: the gap is looked through, its odds times the speck's 0.85.
+    plain = dict(spaces([digit(0), digit(28), digit(88), digit(116)]))[2]
+    found = spaces([digit(0), digit(28), mark(65, ".", 0.15), digit(88), digit(116)])
+    assert [i for i, _ in found] == [2] and found[0][1] == pytest.approx(0.85 * plain, abs=1e-3)
+    # A likely dot separates on its own: no space across it.
+    assert spaces([digit(0), digit(28), mark(65, ".", 0.9), digit(88), digit(116)]) == []
+
+
+def test_a_digit_broken_into_short_pieces_above_one_another_is_one_digit_for_the_separators():
+    from digitlab.fields.separators import _digit_centres
+
+    def piece(box):
+        return Segment(box, np.ones((box[3] - box[1], box[2] - box[0]), np.float32))
+
+    # The two halves of a 1 (22 and 15 px of a 43 px digit height, both under 0.55 of it) and a whole 8.
+    halves = [piece((19, 11, 36, 33)), piece((12, 33, 28, 48)), piece((79, 3, 120, 46))]
+    assert _digit_centres(halves, 43.0) == [24.0, 99.5]
+    # Short pieces side by side are no digit (dashes, dots).
+    assert _digit_centres([piece((0, 30, 10, 40)), piece((20, 30, 30, 40))], 43.0) == []

@@ -127,6 +127,22 @@ def symbol_probabilities(features: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+def _digit_centres(keep: list[Segment], unit: float) -> list[float]:
+    """The x centres of the digits among the pieces kept as digit ink: a column of pieces above one
+    another at least 0.55 digit heights tall. A 1 broken in two is one digit (its halves alone are
+    too short, and the comma after it was taken for a speck before the first digit)."""
+    columns: list[list[float]] = []  # x0, y0, x1, y1 of each column
+    for s in sorted(keep, key=lambda s: s.box[0]):
+        x0, y0, x1, y1 = s.box
+        for c in columns:
+            if min(c[2], x1) - max(c[0], x0) >= 0.5 * min(c[2] - c[0], x1 - x0):
+                c[:] = [min(c[0], x0), min(c[1], y0), max(c[2], x1), max(c[3], y1)]
+                break
+        else:
+            columns.append([x0, y0, x1, y1])
+    return sorted((c[0] + c[2]) / 2 for c in columns if c[3] - c[1] >= 0.55 * unit)
+
+
 def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[list[Segment], list[Segment]]:
     """Split the pieces into digit ink and separators (of ``allowed``).
 
@@ -178,7 +194,7 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
                 # candidate the amount's layout may take, like a slash candidate (``segment_field``).
                 s.readings = ((",", float(comma)),)
             keep.append(s)
-    digits_x = sorted((b.box[0] + b.box[2]) / 2 for b in keep if b.height >= 0.55 * unit)
+    digits_x = _digit_centres(keep, unit)
     if not digits_x:
         return segs, []
     marks.sort(key=lambda m: m.box[0])
@@ -196,7 +212,7 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
     after = [sum(d < (m.box[0] + m.box[2]) / 2 for d in digits_x) for m in out]
     kept = [m for m, k in zip(out, after, strict=True) if 0 < k < len(digits_x)]
     tail = [m for m, k in zip(out, after, strict=True) if k == len(digits_x)]
-    last = max((b for b in keep if b.height >= 0.55 * unit), key=lambda b: b.box[0] + b.box[2])
+    last = max((b for b in keep if b.height >= 0.55 * unit), key=lambda b: b.box[0] + b.box[2], default=keep[-1])
     after_mark = any(m.kind in ",." for m in kept) or bool(last.readings and last.readings[0][0] == ",")
     if [m.kind for m in tail] in (["-"], [",", "-"], [".", "-"]) and (len(tail) == 2 or after_mark):
         kept += tail  # "250,-": no cents
@@ -228,25 +244,47 @@ def with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
     """Insert a space where the gap between two digits is a space by ``GAP_WEIGHTS`` (groups of
     thousands, ``21 11 2026``), a doubtful one (confidence under 0.5) from ``SPACE_CANDIDATE`` on, and
     from ``SPACE_BESIDE`` on in a field that already has a clear space."""
-    gaps = [(b.box[0] - a.box[2]) / unit for a, b in zip(segs, segs[1:], strict=False)]
-    between_digits = [g for g, a, b in zip(gaps, segs, segs[1:], strict=False) if a.kind == b.kind == "digit"]
-    usual = float(np.median(between_digits)) if len(between_digits) >= 2 else 0.35
-    odds: list[float | None] = []
-    for g, a, b in zip(gaps, segs, segs[1:], strict=False):
-        if a.kind == b.kind == "digit":
-            features = gap_features(g, usual)
-            if pieces.TRACE is not None:
-                pieces.TRACE.append(("gap", (a.box[2], a.box[1], b.box[0], b.box[3]), features))
-            odds.append(float(1.0 / (1.0 + math.exp(-max(min(logit(GAP_BIAS, GAP_WEIGHTS, features), 50.0), -50.0)))))
-        else:
-            odds.append(None)
-    bar = SPACE_BESIDE if any(p is not None and p >= 0.5 for p in odds) else SPACE_CANDIDATE
-    out = [segs[0]]
-    for p, a, b in zip(odds, segs, segs[1:], strict=False):
-        if p is not None and p >= bar:
+    # The gaps are between the pieces most likely digits: a slash or comma candidate more likely a 1
+    # counts as one (the 1 of `24 10 2039` hid the space before it), and a mark more likely a speck is
+    # looked through (a speck in the space of `24 03 1996`). A likely separator separates on its own.
+    def likely(s: Segment) -> float:
+        return sum(q for _, q in s.readings) if s.readings else s.confidence
+
+    digit_like = [s.kind == "digit" or (s.may_be_digit and s.confidence < 0.5) for s in segs]
+    speck = [not d and not s.may_be_digit and likely(s) < 0.5 for s, d in zip(segs, digit_like, strict=True)]
+    pairs: list[tuple[int, int]] = []  # (a, b): b the next digit-like piece after a, specks between
+    for i in range(len(segs) - 1):
+        if not digit_like[i]:
+            continue
+        j = i + 1
+        while j < len(segs) and speck[j]:
+            j += 1
+        if j < len(segs) and digit_like[j]:
+            pairs.append((i, j))
+    gaps = [(segs[j].box[0] - segs[i].box[2]) / unit for i, j in pairs]
+    usual = float(np.median(gaps)) if len(gaps) >= 2 else 0.35
+    odds: dict[int, float] = {}
+    for (i, j), g in zip(pairs, gaps, strict=True):
+        a, b = segs[i], segs[j]
+        features = gap_features(g, usual)
+        if pieces.TRACE is not None:
+            pieces.TRACE.append(("gap", (a.box[2], a.box[1], b.box[0], b.box[3]), features))
+        p = float(1.0 / (1.0 + math.exp(-max(min(logit(GAP_BIAS, GAP_WEIGHTS, features), 50.0), -50.0))))
+        # A gap across a mark is a space only if the mark is no separator: so the layout may still
+        # take the dot of `23.12.2005` instead.
+        odds[i] = p * math.prod(1.0 - likely(s) for s in segs[i + 1:j])
+    bar = SPACE_BESIDE if any(p >= 0.5 for p in odds.values()) else SPACE_CANDIDATE
+    nxt = dict(pairs)
+    out = []
+    for i, a in enumerate(segs):
+        out.append(a)
+        p = odds.get(i)
+        if p is None:
+            continue
+        b = segs[nxt[i]]
+        if p >= bar:
             box = (a.box[2], min(a.box[1], b.box[1]), b.box[0], max(a.box[3], b.box[3]))
             out.append(Segment(box, np.zeros((0, 0), np.float32), False, " ", p))
-        elif p is not None:
+        else:
             b.gap_doubt = p
-        out.append(b)
     return out
