@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -129,10 +130,34 @@ def test_split_features_count_the_ink_a_cut_leaves_in_slivers():
     left = Segment((4, 5, 8, 25), ink[5:25, 4:8])
     right = Segment((30, 5, 34, 25), ink[5:25, 30:34])
     features = _split_features(seg, 20.0, 80.0, (0.5, 0.9, 0.8), (left, right))
-    assert len(features) == 10
+    assert len(features) == 14
     assert features[7] == pytest.approx(44 / 204)
-    assert features[8:] == [0.2, 0.2]  # narrower and wider half, in digit heights
+    assert features[8:10] == [0.2, 0.2]  # narrower and wider half, in digit heights
     assert features[5] == 0.8 and features[6] == pytest.approx((0.9 * 0.8) ** 0.5)
+    # The log-odds of the whole, the worse half and the halves' mean, and the halves' gain over the whole.
+    lo = [math.log(p / (1 - p)) for p in (0.5, 0.8, (0.9 * 0.8) ** 0.5)]
+    assert features[10:13] == pytest.approx(lo) and features[13] == pytest.approx(lo[1] - lo[0])
+
+
+def test_a_1_touching_an_8_splits_when_its_halves_read_far_more_surely_than_the_whole():
+    from digitlab.fields.pieces import logit
+    from digitlab.fields.segment import SPLIT_BIAS, SPLIT_WEIGHTS
+
+    # The geometry of `18` in one piece (0.96 digit heights wide, a stroke and a body): read whole as
+    # an 8 at 0.91 while its halves read at 0.9999 (the probabilities alone hardly tell 0.9999 from 0.91).
+    ink = np.zeros((23, 22), np.float32)
+    ink[:, 1:5] = 1.0
+    ink[2:21, 7:21] = 0.5
+    seg = Segment((0, 0, 22, 23), ink)
+    halves = (Segment((0, 0, 6, 23), ink[:, :6]), Segment((6, 0, 22, 23), ink[:, 6:]))
+
+    def score(whole, half):
+        features = _split_features(seg, 23.0, float(ink.sum()), (whole, half, half), halves)
+        return logit(SPLIT_BIAS, SPLIT_WEIGHTS, features)
+
+    assert score(0.91, 0.9999) > 0 and score(0.99, 0.9999) > 0
+    assert score(0.9999, 0.9999) <= 0  # the whole reads as surely: one digit
+    assert score(0.91, 0.9) <= 0 and score(0.95, 0.99) <= 0  # halves no surer than the whole
 
 
 def test_rule_line_is_gone_from_field_ink(mnist_test):
