@@ -572,3 +572,23 @@ def test_a_digit_broken_into_short_pieces_above_one_another_is_one_digit_for_the
     assert _digit_centres(halves, 43.0) == [24.0, 99.5]
     # Short pieces side by side are no digit (dashes, dots).
     assert _digit_centres([piece((0, 30, 10, 40)), piece((20, 30, 30, 40))], 43.0) == []
+
+
+def test_a_dash_within_a_digit_touching_its_ink_is_a_stroke_of_it_and_one_between_digits_is_a_dash():
+    from digitlab.fields.separators import _part_of_digit
+
+    def piece(box, ink=None):
+        h, w = box[3] - box[1], box[2] - box[0]
+        return Segment(box, np.ones((h, w), np.float32) if ink is None else ink)
+
+    unit = 40.0
+    top_of_9 = piece((100, 0, 124, 18))  # the loop of a 9 whose middle the mask cut off
+    seven = np.zeros((40, 24), np.float32)
+    seven[:3] = 1.0  # the bar overhangs the dot
+    seven[:, 2:5] = 1.0  # and the stem stands well left of it
+    seven = piece((200, 0, 224, 40), seven)
+    digits = [piece((40, 0, 64, 40)), top_of_9, piece((150, 0, 174, 40)), seven]
+    assert _part_of_digit(piece((102, 20, 118, 25)), digits, unit)  # 2 px under the loop, within its columns
+    assert not _part_of_digit(piece((70, 18, 90, 24)), digits, unit)  # between two digits: a dash
+    assert not _part_of_digit(piece((216, 34, 222, 40)), digits, unit)  # a dot under the 7's bar, far from its ink
+    assert not _part_of_digit(piece((118, 20, 140, 25)), digits, unit)  # only partly within the 9's columns

@@ -127,6 +127,21 @@ def symbol_probabilities(features: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+# How close (in digit heights) a mark's ink comes to a digit's for it to be one of its strokes; never
+# under 2 px, the nearest that two separate pieces' ink can be.
+PART_GAP = 0.08
+
+
+def _part_of_digit(mark: Segment, keep: list[Segment], unit: float) -> bool:
+    """Whether ``mark`` lies (70% of its width) within the columns of a piece of digit ink at least 0.3
+    digit heights tall and touches its ink."""
+    for b in keep:
+        cover = min(mark.box[2], b.box[2]) - max(mark.box[0], b.box[0])
+        if b.height >= 0.3 * unit and cover >= 0.7 * mark.width and ink_distance(mark, b) <= max(PART_GAP * unit, 2.0):
+            return True
+    return False
+
+
 def _digit_centres(keep: list[Segment], unit: float) -> list[float]:
     """The x centres of the digits among the pieces kept as digit ink: a column of pieces above one
     another at least 0.55 digit heights tall. A 1 broken in two is one digit (its halves alone are
@@ -194,6 +209,12 @@ def take_separators(segs: list[Segment], unit: float, allowed: str) -> tuple[lis
                 # candidate the amount's layout may take, like a slash candidate (``segment_field``).
                 s.readings = ((",", float(comma)),)
             keep.append(s)
+    # A mark within a digit's columns that touches its ink is a stroke of that digit: the foot of a 2
+    # cut off by a pen skip, the middle of a 6 or a 9, read as dashes (`19-73` for `1993`).
+    inside = [m for m in marks if m.kind != "/" and _part_of_digit(m, keep, unit)]
+    if inside:
+        marks = [m for m in marks if all(m is not i for i in inside)]
+        keep += [Segment(m.box, m.ink) for m in inside]
     digits_x = _digit_centres(keep, unit)
     if not digits_x:
         return segs, []
