@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fields", type=int, default=250, help="generated fields per seed")
     parser.add_argument("--out", default=str(Path(separators.__file__).with_name("symbols.json")))
+    parser.add_argument("--split-run", action="append", default=[], metavar="RUN",
+                        help="also fit the split rule on the decisions of this run's model (repeatable; "
+                             "session 11 used a fresh 'digitlab train', so that users' runs split as well)")
     args = parser.parse_args(argv)
     # 1. The separator rule, on the raw pieces (traced before any rule decides about them).
     rule, separators._symbol_rule = separators._symbol_rule, lambda: None
@@ -149,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # 2. The split rule, with the new separator rule: check fields and rows of digits.
     checks = collect(args.fields)
     splits = checks["split"] + collect(args.fields, seeds=DIGIT_SEEDS, digits=True)["split"]
+    for run in args.split_run:
+        splits += collect(args.fields, run=run)["split"]
+        splits += collect(args.fields, seeds=DIGIT_SEEDS, digits=True, run=run)["split"]
     weights, bias = fit_split(splits)
     print(f"{len(splits)} split decisions, {sum(r[1] for r in splits)} of them two digits:")
     print(f"SPLIT_WEIGHTS = {tuple(weights)}\nSPLIT_BIAS = {bias}")
