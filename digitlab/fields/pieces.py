@@ -39,6 +39,11 @@ class Segment:
     may_be_digit: bool = False
 
     @property
+    def separator_odds(self) -> float:
+        """For a separator candidate or a space: the probability that it is one (of its readings)."""
+        return sum(q for _, q in self.readings) if self.readings else self.confidence
+
+    @property
     def width(self) -> int:
         return self.box[2] - self.box[0]
 

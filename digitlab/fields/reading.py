@@ -210,7 +210,7 @@ def read_field(
         dropped *= 1.0 - s.gap_doubt
         what = choice.get(i, "keep")
         if what == "drop":
-            dropped *= 1.0 - (sum(q for _, q in s.readings) if s.readings else s.confidence)
+            dropped *= 1.0 - s.separator_odds
         elif s.kind == "digit" or what == "digit":
             p = preds[i]
             conf = p.confidence * (1.0 - s.confidence if s.may_be_digit else 1.0)

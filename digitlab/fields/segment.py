@@ -277,19 +277,15 @@ def _confidence(classify: Classify, crops: list[np.ndarray]) -> np.ndarray:
 MAY_SPLIT = 0.6
 MUST_SPLIT = 1.3
 # Between the two, a logistic rule on ``_split_features`` decides, also for pieces joined earlier
-# (a 1 and an 8 the merge step took for one digit). Refitted (``digitlab.fields.learn``) for the
-# bundled reader, whose confident halves of a wide 0 ('C' and ')' as 6 and 1) split it: on 18,308
-# decisions in 2,000 generated check fields and 1,500 rows of digits (half of them with 30%
-# touching digits), labelled by the generator's boxes, it splits 21 single digits and misses 130
-# of 306 pairs (two-fold cross-validated), where the rule fitted for the default fast model split
-# 289 and missed 64; read through to the end, fields come out better (docs/real-images.md).
-# Session 11 added the log-odds of the three confidences and the halves' gain over the whole: in
-# probabilities 0.91 and 0.9999 are close, and a 1 touching an 8 reads as an 8 at 0.91 while its
-# halves read at 0.9999. Fitted on the decisions of both the bundled reader (18,007) and a default
-# `digitlab train` model (18,322) over the same fields, so that a user's run reads fields as well: a
-# rule fitted on the reader's alone split 342 single digits of the default model's. Errors on the
-# reader's / the default model's decisions: the previous rule (ten features) 128 / 139; this one, five-fold
-# cross-validated, 104 / 120.
+# (a 1 and an 8 the merge step took for one digit), fitted with ``digitlab.fields.learn`` on decisions
+# in generated check fields and rows of digits (half of them with 30% touching digits), labelled by the
+# generator's boxes. Session 11 added the log-odds of the three confidences and the halves' gain over
+# the whole: in probabilities 0.91 and 0.9999 are close, and a 1 touching an 8 reads as an 8 at 0.91
+# while its halves read at 0.9999. It is fitted on the decisions of both the bundled reader (18,007)
+# and a default `digitlab train` model (18,322) over the same fields, so that a user's run reads fields
+# as well: a rule fitted on the reader's alone split 342 single digits of the default model's. Errors
+# on the reader's / the default model's decisions: the previous rule (ten features, the reader's
+# decisions only) 128 / 139; this one, five-fold cross-validated, 104 / 120 (docs/real-images.md).
 SPLIT_WEIGHTS = (24.88, 3.9, 0.5, 0.75, -0.01, 2.38, 2.64, -0.41, -10.74, -14.52, -0.96, -0.81, 1.41, 0.15)
 SPLIT_BIAS = -20.94
 

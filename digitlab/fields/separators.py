@@ -268,11 +268,8 @@ def with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
     # The gaps are between the pieces most likely digits: a slash or comma candidate more likely a 1
     # counts as one (the 1 of `24 10 2039` hid the space before it), and a mark more likely a speck is
     # looked through (a speck in the space of `24 03 1996`). A likely separator separates on its own.
-    def likely(s: Segment) -> float:
-        return sum(q for _, q in s.readings) if s.readings else s.confidence
-
     digit_like = [s.kind == "digit" or (s.may_be_digit and s.confidence < 0.5) for s in segs]
-    speck = [not d and not s.may_be_digit and likely(s) < 0.5 for s, d in zip(segs, digit_like, strict=True)]
+    speck = [not d and not s.may_be_digit and s.separator_odds < 0.5 for s, d in zip(segs, digit_like, strict=True)]
     pairs: list[tuple[int, int]] = []  # (a, b): b the next digit-like piece after a, specks between
     for i in range(len(segs) - 1):
         if not digit_like[i]:
@@ -293,7 +290,7 @@ def with_spaces(segs: list[Segment], unit: float) -> list[Segment]:
         p = float(1.0 / (1.0 + math.exp(-max(min(logit(GAP_BIAS, GAP_WEIGHTS, features), 50.0), -50.0))))
         # A gap across a mark is a space only if the mark is no separator: so the layout may still
         # take the dot of `23.12.2005` instead.
-        odds[i] = p * math.prod(1.0 - likely(s) for s in segs[i + 1:j])
+        odds[i] = p * math.prod(1.0 - s.separator_odds for s in segs[i + 1:j])
     bar = SPACE_BESIDE if any(p >= 0.5 for p in odds.values()) else SPACE_CANDIDATE
     nxt = dict(pairs)
     out = []
